@@ -1,0 +1,157 @@
+"""Build the pipeline's components from a size configuration, without any download.
+
+Used for models trained from scratch (our shipped default model), for the test suite's tiny models,
+and for benchmarks of the Stable Diffusion 2.1 architecture with random weights. The tokenizer is a
+byte-level CLIP tokenizer with no merges (one token per character), created offline: the method only
+ever encodes its two fixed prompts, so a full BPE vocabulary would add nothing but size.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .composition import LatentCompositionNet
+from .pipeline import ReflectionSeparationPipeline
+from .vae import FGFMAutoencoderKL
+
+
+def _byte_level_alphabet() -> list[str]:
+    """The 256 printable stand-ins CLIP's byte-level BPE uses for bytes (GPT-2's ``bytes_to_unicode``)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(code) for code in codes]
+
+
+def make_clip_tokenizer(model_max_length: int = 16) -> CLIPTokenizer:
+    """A character-level CLIP tokenizer (514 tokens incl. specials), built offline."""
+    alphabet = _byte_level_alphabet()
+    vocab = {token: i for i, token in enumerate(alphabet + [c + "</w>" for c in alphabet])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file = Path(folder) / "vocab.json"
+        merges_file = Path(folder) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab))
+        merges_file.write_text("#version: 0.2\n")
+        return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=model_max_length)
+
+
+@dataclass
+class ModelSizeConfig:
+    """Sizes of every component; the defaults are the test suite's tiny model."""
+
+    vae_channels: tuple[int, ...] = (8, 16)
+    vae_layers_per_block: int = 1
+    vae_norm_groups: int = 4
+    latent_channels: int = 4
+    scaling_factor: float = 1.0
+    fgfm_reduction: int = 2
+    unet_channels: tuple[int, ...] = (16, 32)
+    unet_layers_per_block: int = 1
+    unet_attention_head_dim: int = 8
+    unet_norm_groups: int = 4
+    unet_down_blocks: tuple[str, ...] = ("CrossAttnDownBlock2D", "DownBlock2D")
+    unet_up_blocks: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D")
+    text_hidden_size: int = 16
+    text_layers: int = 1
+    text_heads: int = 2
+    text_max_length: int = 16
+    composition_hidden: int = 16
+    composition_blocks: int = 1
+    composition_norm_groups: int = 4
+    prediction_type: str = "epsilon"
+    num_train_timesteps: int = 1000
+    pipeline: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelSizeConfig":
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"Unknown model size keys {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}.")
+        converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**converted)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_pipeline(config: ModelSizeConfig | None = None, seed: int = 0) -> ReflectionSeparationPipeline:
+    """A randomly initialized pipeline of the given sizes (deterministic for a seed)."""
+    config = config or ModelSizeConfig()
+    torch.manual_seed(seed)
+    vae = FGFMAutoencoderKL(
+        block_out_channels=config.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(config.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(config.vae_channels),
+        layers_per_block=config.vae_layers_per_block,
+        latent_channels=config.latent_channels,
+        norm_num_groups=config.vae_norm_groups,
+        scaling_factor=config.scaling_factor,
+        fgfm_reduction=config.fgfm_reduction,
+    )
+    unet = UNet2DConditionModel(
+        in_channels=2 * config.latent_channels,
+        out_channels=config.latent_channels,
+        block_out_channels=config.unet_channels,
+        layers_per_block=config.unet_layers_per_block,
+        down_block_types=config.unet_down_blocks,
+        up_block_types=config.unet_up_blocks,
+        cross_attention_dim=config.text_hidden_size,
+        attention_head_dim=config.unet_attention_head_dim,
+        norm_num_groups=config.unet_norm_groups,
+        sample_size=32,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=514,
+            hidden_size=config.text_hidden_size,
+            intermediate_size=4 * config.text_hidden_size,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=config.text_heads,
+            max_position_embeddings=config.text_max_length,
+            bos_token_id=512,
+            eos_token_id=513,
+            pad_token_id=513,
+        )
+    )
+    composition_net = LatentCompositionNet(
+        latent_channels=config.latent_channels,
+        hidden_channels=config.composition_hidden,
+        num_blocks=config.composition_blocks,
+        norm_groups=config.composition_norm_groups,
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="trailing",
+        prediction_type=config.prediction_type,
+    )
+    return ReflectionSeparationPipeline(
+        vae=vae,
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=make_clip_tokenizer(config.text_max_length),
+        scheduler=scheduler,
+        composition_net=composition_net,
+        **config.pipeline,
+    )

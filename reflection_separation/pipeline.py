@@ -1,0 +1,519 @@
+"""``ReflectionSeparationPipeline``: single-image reflection separation with joint latent diffusion.
+
+One UNet, conditioned on the mixture latent (channel concat ``[z_t, z_I]``) and on one of two fixed
+prompts, denoises the transmission and the reflection together as one batch ``[T rows; R rows]``.
+Each sampling step (method-notes section 6):
+
+1. UNet on ``[z_t^T; z_t^R]`` with cross-layer self-attention -> ``eps_T, eps_R``;
+2. disjoint combination -> ``eps_T', eps_R'``;
+3. latent-composition guidance on ``z_t`` using Tweedie estimates from ``eps'``;
+4. scheduler step of each branch with its ``eps'`` at its (updated) ``z_t``.
+
+After the loop both latents are decoded by the FGFM decoder, fed the mixture's encoder features.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
+from torch import nn
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .attention import set_cross_layer_attention
+from .composition import GUIDANCE_MODES, LatentCompositionGuidance, LatentCompositionNet
+from .image_processing import PipelineImageInput, ReflectionImageProcessor
+from .scheduling import DisjointSampling, tweedie_x0
+from .vae import FGFMAutoencoderKL
+
+TRANSMISSION_PROMPT = "Transmission"
+REFLECTION_PROMPT = "Reflection"
+
+
+@dataclass
+class ReflectionSeparationPipelineOutput(BaseOutput):
+    """Output of :class:`ReflectionSeparationPipeline`.
+
+    Args:
+        transmission: the scene behind the glass, one per input image: a list of PIL images, an ``NHWC``
+            numpy array or an ``NCHW`` tensor, values in [0, 1], each in its input's size when
+            ``match_input_resolution`` is set.
+        reflection: the reflection as it appears in the photo, same format.
+    """
+
+    transmission: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    reflection: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+
+
+def widen_conv_in(unet: UNet2DConditionModel, extra_channels: int) -> UNet2DConditionModel:
+    """Add ``extra_channels`` zero-initialized input channels after the existing ones (the ``z_I`` slot).
+
+    With the new weights at zero the widened UNet computes exactly what it computed on ``z_t`` alone.
+    """
+    old = unet.conv_in
+    new = nn.Conv2d(
+        old.in_channels + extra_channels,
+        old.out_channels,
+        kernel_size=old.kernel_size,
+        stride=old.stride,
+        padding=old.padding,
+    ).to(device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels].copy_(old.weight)
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=old.in_channels + extra_channels)
+    return unet
+
+
+class ReflectionSeparationPipeline(DiffusionPipeline):
+    """Separate a photo taken through glass into transmission and reflection.
+
+    Implements "Reflection Separation from a Single Image via Joint Latent Diffusion" (CVPR 2026).
+
+    Args:
+        vae: FGFM-augmented autoencoder.
+        unet: conditional UNet with ``2 * latent_channels`` inputs (``[z_t, z_I]``).
+        text_encoder, tokenizer: CLIP, used once per call for the two fixed prompts.
+        scheduler: any diffusers scheduler that steps on a model output.
+        composition_net: the learned latent composition ``C``.
+        default_denoising_steps, default_processing_resolution, default_disjoint_strength,
+        default_fgfm_strength, default_guidance_mode, default_guidance_scale, default_guidance_steps:
+            values used when the call leaves the matching argument as ``None``; saved with the model.
+        cross_layer_attention: install CLSA on every self-attention (False gives the paper's baseline).
+        min_input_size, max_input_size: accepted image side lengths in pixels.
+        transmission_prompt, reflection_prompt: the two fixed prompts.
+    """
+
+    model_cpu_offload_seq = "text_encoder->vae->unet->composition_net"
+    _callback_tensor_inputs = ["latents", "mixture_latents", "prompt_embeds"]
+
+    def __init__(
+        self,
+        vae: FGFMAutoencoderKL,
+        unet: UNet2DConditionModel,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        scheduler,
+        composition_net: LatentCompositionNet,
+        default_denoising_steps: int = 50,
+        default_processing_resolution: int = 960,
+        default_disjoint_strength: float = 0.2,
+        default_fgfm_strength: float = 0.8,
+        default_guidance_mode: str = "fast",
+        default_guidance_scale: float = 0.01,
+        default_guidance_steps: int = 1,
+        cross_layer_attention: bool = True,
+        min_input_size: int = 16,
+        max_input_size: int = 8192,
+        transmission_prompt: str = TRANSMISSION_PROMPT,
+        reflection_prompt: str = REFLECTION_PROMPT,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            unet=unet,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+            composition_net=composition_net,
+        )
+        self.register_to_config(
+            default_denoising_steps=default_denoising_steps,
+            default_processing_resolution=default_processing_resolution,
+            default_disjoint_strength=default_disjoint_strength,
+            default_fgfm_strength=default_fgfm_strength,
+            default_guidance_mode=default_guidance_mode,
+            default_guidance_scale=default_guidance_scale,
+            default_guidance_steps=default_guidance_steps,
+            cross_layer_attention=cross_layer_attention,
+            min_input_size=min_input_size,
+            max_input_size=max_input_size,
+            transmission_prompt=transmission_prompt,
+            reflection_prompt=reflection_prompt,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        self.image_processor = ReflectionImageProcessor(size_multiple=self.vae_scale_factor * unet_factor)
+        set_cross_layer_attention(self.unet, cross_layer_attention)
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def from_stable_diffusion(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        scheduler=None,
+        torch_dtype: torch.dtype | None = None,
+        fgfm_config: dict[str, Any] | None = None,
+        composition_config: dict[str, Any] | None = None,
+        **pipeline_config,
+    ) -> "ReflectionSeparationPipeline":
+        """Build an untrained pipeline from a Stable Diffusion 2.x checkpoint (Hub id or diffusers folder).
+
+        The UNet's ``conv_in`` is widened to take ``[z_t, z_I]`` with the new channels at zero, the VAE gets
+        fresh zero-initialized FGFM blocks, and ``C`` is new. Fine-tune it with the training stack.
+        ``scheduler`` defaults to the checkpoint's scheduler config as a ``DDIMScheduler`` with trailing
+        timesteps (keeps its ``prediction_type``: epsilon for SD 2.1-base, v for SD 2.1-768).
+        """
+        kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        path = pretrained_model_name_or_path
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kwargs)
+        unet = widen_conv_in(unet, unet.config.in_channels)
+        base_vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kwargs)
+        vae = FGFMAutoencoderKL.from_vae(base_vae, **(fgfm_config or {}))
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kwargs)
+        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+        if scheduler is None:
+            scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler", timestep_spacing="trailing")
+        composition_net = LatentCompositionNet(
+            **{"latent_channels": vae.config.latent_channels, **(composition_config or {})}
+        ).to(device=unet.device, dtype=unet.dtype)
+        return cls(
+            vae=vae,
+            unet=unet,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+            composition_net=composition_net,
+            **pipeline_config,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    @torch.no_grad()
+    def encode_layer_prompts(self, device: torch.device | None = None) -> torch.Tensor:
+        """Embeddings of the transmission and reflection prompts, shape ``(2, tokens, dim)``."""
+        device = device or self._execution_device
+        tokens = self.tokenizer(
+            [self.config.transmission_prompt, self.config.reflection_prompt],
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return self.text_encoder(tokens.input_ids.to(device))[0]
+
+    def predict_noise(
+        self,
+        latent_input: torch.Tensor,
+        timestep: torch.Tensor,
+        mixture_latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+    ) -> torch.Tensor:
+        """Raw UNet output for stacked ``[T; R]`` latents already scaled by ``scheduler.scale_model_input``."""
+        conditioning = mixture_latents.repeat(2, 1, 1, 1)
+        unet_input = torch.cat([latent_input, conditioning.to(latent_input.dtype)], dim=1)
+        return self.unet(unet_input, timestep, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+
+    def progress_bar(self, iterable=None, total=None, desc: str | None = None, leave: bool = True):
+        """diffusers' progress bar with a description; ``set_progress_bar_config`` still overrides it."""
+        config = {"desc": desc, "leave": leave, **getattr(self, "_progress_bar_config", {})}
+        return tqdm(iterable, total=total, **config)
+
+    @staticmethod
+    def layer_prompt_batch(prompt_embeds: torch.Tensor, batch: int) -> torch.Tensor:
+        """``(2, L, D)`` prompt pair -> ``(2B, L, D)`` rows ``[T x B; R x B]``."""
+        return prompt_embeds.repeat_interleave(batch, dim=0)
+
+    def check_inputs(
+        self,
+        num_inference_steps: int,
+        processing_resolution: int,
+        disjoint_strength: float,
+        fgfm_strength: float,
+        guidance_mode: str,
+        guidance_scale: float,
+        guidance_steps: int,
+        batch_size: int,
+        output_type: str,
+        num_images: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+    ) -> None:
+        """Validate call arguments; raise ``ValueError``/``TypeError`` naming the argument and its valid values."""
+
+        def is_int(value) -> bool:
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+        def is_number(value) -> bool:
+            return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+        if not is_int(num_inference_steps) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+        if not is_int(processing_resolution) or processing_resolution < 0:
+            raise ValueError(
+                f"`processing_resolution` must be a non-negative integer (0 = native size), got {processing_resolution!r}."
+            )
+        if 0 < processing_resolution < self.image_processor.size_multiple:
+            raise ValueError(
+                f"`processing_resolution` must be 0 or at least {self.image_processor.size_multiple}, got "
+                f"{processing_resolution}."
+            )
+        if not is_number(disjoint_strength) or not 0.0 <= disjoint_strength <= 1.0:
+            raise ValueError(f"`disjoint_strength` must be in [0, 1] (paper: 0.2), got {disjoint_strength!r}.")
+        if not is_number(fgfm_strength) or not 0.0 <= fgfm_strength <= 2.0:
+            raise ValueError(f"`fgfm_strength` must be in [0, 2] (paper: 0.8), got {fgfm_strength!r}.")
+        if guidance_mode not in (*GUIDANCE_MODES, "off"):
+            raise ValueError(f"`guidance_mode` must be one of 'fast', 'full', 'off' or None, got {guidance_mode!r}.")
+        if not is_number(guidance_scale) or not 0.0 <= guidance_scale <= 1.0:
+            raise ValueError(f"`guidance_scale` must be in [0, 1] (a relative step size), got {guidance_scale!r}.")
+        if not is_int(guidance_steps) or guidance_steps < 0:
+            raise ValueError(f"`guidance_steps` must be a non-negative integer, got {guidance_steps!r}.")
+        if not is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', got {output_type!r}.")
+        if isinstance(generator, list):
+            if len(generator) != num_images:
+                raise ValueError(
+                    f"`generator` is a list of {len(generator)} generators but {num_images} images were given; "
+                    "pass one generator per image or a single generator."
+                )
+            if not all(isinstance(g, torch.Generator) for g in generator):
+                raise TypeError("`generator` list must hold only `torch.Generator` objects.")
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"`generator` must be a `torch.Generator` or a list of them, got {type(generator).__name__}.")
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if unknown:
+                raise ValueError(
+                    f"`callback_on_step_end_tensor_inputs` {unknown} are not available; choose from "
+                    f"{self._callback_tensor_inputs}."
+                )
+
+    def _initial_noise(
+        self,
+        images: list[int],
+        shape: tuple[int, ...],
+        generator: torch.Generator | list[torch.Generator] | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """Noise for the images at ``images`` (indices): each draws its T then R latent from its own generator."""
+        draws = []
+        for index in images:
+            g = generator[index] if isinstance(generator, list) else generator
+            draws.append(randn_tensor((2, *shape), generator=g, device=device, dtype=dtype))
+        stacked = torch.stack(draws)  # (B, 2, C, h, w)
+        return torch.cat([stacked[:, 0], stacked[:, 1]], dim=0)
+
+    # ------------------------------------------------------------------ call
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: PipelineImageInput,
+        num_inference_steps: int | None = None,
+        processing_resolution: int | None = None,
+        match_input_resolution: bool = True,
+        disjoint_strength: float | None = None,
+        fgfm_strength: float | None = None,
+        guidance_mode: str | None = None,
+        guidance_scale: float | None = None,
+        guidance_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        batch_size: int = 1,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        max_input_size: int | None = None,
+    ) -> ReflectionSeparationPipelineOutput | tuple:
+        """Separate each image into transmission and reflection.
+
+        Args:
+            image: a PIL image, numpy array (``HW``/``HWC``/``NHWC``), torch tensor (``HW``/``CHW``/``NCHW``),
+                or a list of them; uint8/uint16, or float in [0, 1]. Images may differ in size.
+            num_inference_steps: sampling steps (default from the config).
+            processing_resolution: long side the image is resized to before encoding; 0 keeps the native
+                size (default from the config; the paper uses 960).
+            match_input_resolution: resize the outputs back to each input's size.
+            disjoint_strength: ``k`` of disjoint sampling; 0 disables it.
+            fgfm_strength: ``w`` of the FGFM decoder; 0 decodes with the plain VAE.
+            guidance_mode: ``"fast"`` (gradient through Tweedie and ``C``), ``"full"`` (through the UNet),
+                ``"off"``; ``None`` takes the config default.
+            guidance_scale: relative step size of the latent-composition guidance (see ``composition.py``).
+            guidance_steps: inner gradient steps per sampling step.
+            generator: one generator, or one per image (then results do not depend on ``batch_size``).
+            batch_size: images denoised together (each image is two UNet rows).
+            output_type: ``"pil"``, ``"np"`` (``NHWC``) or ``"pt"`` (``NCHW``), values in [0, 1].
+            return_dict: return a :class:`ReflectionSeparationPipelineOutput` instead of a tuple.
+            callback_on_step_end: called as ``callback(pipe, step, timestep, callback_kwargs)`` after each
+                scheduler step; may return replacements for ``latents``.
+            callback_on_step_end_tensor_inputs: names from ``_callback_tensor_inputs`` passed to the callback.
+            max_input_size: largest accepted image side in pixels (default from the config).
+        """
+        config = self.config
+        num_inference_steps = num_inference_steps if num_inference_steps is not None else config.default_denoising_steps
+        if processing_resolution is None:
+            processing_resolution = config.default_processing_resolution
+        disjoint_strength = disjoint_strength if disjoint_strength is not None else config.default_disjoint_strength
+        fgfm_strength = fgfm_strength if fgfm_strength is not None else config.default_fgfm_strength
+        guidance_mode = guidance_mode if guidance_mode is not None else config.default_guidance_mode
+        guidance_scale = guidance_scale if guidance_scale is not None else config.default_guidance_scale
+        guidance_steps = guidance_steps if guidance_steps is not None else config.default_guidance_steps
+        max_input_size = max_input_size if max_input_size is not None else config.max_input_size
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 1. Check and canonicalize inputs.
+        tensors = self.image_processor.to_tensors(image)
+        self.check_inputs(
+            num_inference_steps,
+            processing_resolution,
+            disjoint_strength,
+            fgfm_strength,
+            guidance_mode,
+            guidance_scale,
+            guidance_steps,
+            batch_size,
+            output_type,
+            len(tensors),
+            generator,
+            callback_on_step_end_tensor_inputs,
+        )
+        self.image_processor.check_size(tensors, config.min_input_size, max_input_size)
+        device = self._execution_device
+        if isinstance(generator, torch.Generator) or isinstance(generator, list):
+            gen_device = (generator[0] if isinstance(generator, list) else generator).device
+            if gen_device.type != "cpu" and gen_device.type != torch.device(device).type:
+                raise ValueError(f"`generator` is on {gen_device} but the pipeline runs on {device}; use a CPU generator.")
+
+        # 2. Prompts (encoded once per call) and guidance.
+        prompt_pair = self.encode_layer_prompts(device).to(self.unet.dtype)
+        guidance = None
+        if guidance_mode != "off" and guidance_steps > 0 and guidance_scale > 0:
+            guidance = LatentCompositionGuidance(self.composition_net, guidance_scale, guidance_steps)
+        sampler = DisjointSampling(self.scheduler)
+        step_kwargs_accepted = set(inspect.signature(self.scheduler.step).parameters)
+
+        # 3. Preprocess and group consecutive images of the same processed size into batches.
+        prepared = [self.image_processor.preprocess(t, processing_resolution) for t in tensors]
+        chunks: list[list[int]] = []
+        for index, (pixels, _, _) in enumerate(prepared):
+            if chunks and len(chunks[-1]) < batch_size and prepared[chunks[-1][0]][0].shape == pixels.shape:
+                chunks[-1].append(index)
+            else:
+                chunks.append([index])
+
+        transmissions: list[torch.Tensor] = [None] * len(tensors)
+        reflections: list[torch.Tensor] = [None] * len(tensors)
+        self._num_timesteps = num_inference_steps
+        for chunk in self.progress_bar(chunks, desc="Images", leave=True):
+            pixels = torch.cat([prepared[i][0] for i in chunk]).to(device=device, dtype=self.vae.dtype)
+            batch = len(chunk)
+
+            # 4. Encode the mixture (posterior mode) and keep its features for FGFM.
+            mixture_latents, mixture_features = self.encode_mixture(pixels)
+            prompt_embeds = self.layer_prompt_batch(prompt_pair, batch)
+
+            # 5. Initial noise [T rows; R rows].
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+            latents = self._initial_noise(chunk, tuple(mixture_latents.shape[1:]), generator, device, self.unet.dtype)
+            latents = latents * self.scheduler.init_noise_sigma
+            step_generator = generator
+            if isinstance(generator, list):
+                step_generator = [generator[i] for i in chunk] * 2
+            step_kwargs = {"generator": step_generator} if "generator" in step_kwargs_accepted else {}
+
+            # 6. Denoise.
+            timesteps = self.scheduler.timesteps
+            for step, t in enumerate(self.progress_bar(timesteps, desc="Denoising", leave=False)):
+                latent_input = self.scheduler.scale_model_input(latents, t)
+                model_output = self.predict_noise(latent_input, t, mixture_latents, prompt_embeds)
+                if disjoint_strength != 0 or guidance is not None:
+                    epsilon = sampler.epsilon(model_output, t, latent_input, disjoint_strength)
+                    if guidance is not None:
+                        alpha_prod = sampler.alpha_prod(t)
+                        predict_x0 = self._x0_predictor(
+                            guidance_mode, epsilon, t, alpha_prod, sampler, disjoint_strength, mixture_latents, prompt_embeds
+                        )
+                        latents = guidance(latents, predict_x0, mixture_latents, alpha_prod)
+                        latent_input = self.scheduler.scale_model_input(latents, t)
+                    model_output = sampler.model_output(epsilon, t, latent_input)
+                latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    available = {
+                        "latents": latents,
+                        "mixture_latents": mixture_latents,
+                        "prompt_embeds": prompt_embeds,
+                    }
+                    callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs or []}
+                    callback_outputs = callback_on_step_end(self, step, t, callback_kwargs)
+                    latents = (callback_outputs or {}).get("latents", latents)
+
+            # 7. Decode with FGFM, remove padding, resize back.
+            decoded = self.decode_latents(latents, mixture_features, fgfm_strength)
+            for row, index in enumerate(chunk):
+                _, padding, original_size = prepared[index]
+                size = original_size if match_input_resolution else None
+                transmissions[index] = self.image_processor.postprocess(decoded[row : row + 1], padding, size)[0]
+                reflections[index] = self.image_processor.postprocess(decoded[batch + row : batch + row + 1], padding, size)[0]
+
+        self.maybe_free_model_hooks()
+        transmission = self.image_processor.to_output(transmissions, output_type)
+        reflection = self.image_processor.to_output(reflections, output_type)
+        if not return_dict:
+            return (transmission, reflection)
+        return ReflectionSeparationPipelineOutput(transmission=transmission, reflection=reflection)
+
+    def _x0_predictor(
+        self,
+        guidance_mode: str,
+        epsilon: torch.Tensor,
+        timestep: torch.Tensor,
+        alpha_prod: torch.Tensor,
+        sampler: DisjointSampling,
+        disjoint_strength: float,
+        mixture_latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Map stacked latents to Tweedie estimates: with ``eps'`` fixed ("fast") or recomputed ("full")."""
+        fixed_epsilon = epsilon.detach()
+
+        def fast(latents: torch.Tensor) -> torch.Tensor:
+            latent_input = self.scheduler.scale_model_input(latents, timestep)
+            return tweedie_x0(latent_input, fixed_epsilon, alpha_prod)
+
+        def full(latents: torch.Tensor) -> torch.Tensor:
+            latent_input = self.scheduler.scale_model_input(latents, timestep)
+            output = self.predict_noise(latent_input, timestep, mixture_latents, prompt_embeds)
+            eps = sampler.epsilon(output, timestep, latent_input, disjoint_strength)
+            return tweedie_x0(latent_input, eps, alpha_prod)
+
+        return fast if guidance_mode == "fast" else full
+
+    def encode_mixture(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Mixture in [-1, 1] -> UNet-space latent ``z_I`` (posterior mode, scaled) and its FGFM features."""
+        latents, features = self.vae.encode_with_features(pixels.to(self.vae.dtype))
+        if self.vae.config.shift_factor is not None:
+            latents = latents - self.vae.config.shift_factor
+        return (latents * self.vae.config.scaling_factor).to(self.unet.dtype), features
+
+    def decode_latents(
+        self, latents: torch.Tensor, mixture_features: list[torch.Tensor], fgfm_strength: float
+    ) -> torch.Tensor:
+        """Stacked ``[T; R]`` UNet latents -> decoder output in [-1, 1] (FGFM-modulated unless strength is 0)."""
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        if self.vae.config.shift_factor is not None:
+            latents = latents + self.vae.config.shift_factor
+        return self.vae.decode(
+            latents, mixture_features=mixture_features, fgfm_strength=fgfm_strength, return_dict=False
+        )[0]

@@ -1,0 +1,214 @@
+"""FGFM-augmented ``AutoencoderKL``: Fidelity-Guided Feature Modulation of the decoder.
+
+Disjoint sampling pushes the two layers apart and can shift colours; FGFM calibrates the decoder with
+multi-scale features of the original mixture (paper, Sec. "Disjoint Sampling + FGFM"):
+
+    y_dec' = y_dec + w * f([y_enc | y_dec])
+
+``y_enc`` are the mixture's encoder features, taken at the output of the last resnet of each encoder
+down block (before its downsampler); ``y_dec`` is the output of each decoder up block; the pair at the
+same resolution is fused. ``f`` is a 1x1 convolution, SiLU and a zero-initialized 3x3 convolution, so an
+untrained FGFM decodes exactly like the base VAE. ``w`` (``fgfm_strength``, 0.8 in the paper) is a call
+argument of :meth:`FGFMAutoencoderKL.decode`. Without mixture features the decoder is the plain VAE.
+
+This file imports only torch and diffusers, so it can be copied next to a saved pipeline.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from diffusers import AutoencoderKL
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
+from torch import nn
+
+
+class FusionBlock(nn.Module):
+    """``f([y_enc | y_dec])``: 1x1 conv, SiLU, zero-initialized 3x3 conv back to the decoder width."""
+
+    def __init__(self, encoder_channels: int, decoder_channels: int, hidden_channels: int) -> None:
+        super().__init__()
+        self.proj_in = nn.Conv2d(encoder_channels + decoder_channels, hidden_channels, kernel_size=1)
+        self.act = nn.SiLU()
+        self.proj_out = nn.Conv2d(hidden_channels, decoder_channels, kernel_size=3, padding=1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, encoder_features: torch.Tensor, decoder_features: torch.Tensor) -> torch.Tensor:
+        return self.proj_out(self.act(self.proj_in(torch.cat([encoder_features, decoder_features], dim=1))))
+
+
+class FGFMAutoencoderKL(AutoencoderKL):
+    """``AutoencoderKL`` whose decoder can be modulated by the mixture's encoder features (FGFM).
+
+    Extra config: ``fgfm_reduction`` divides the decoder width to get the fusion blocks' hidden width.
+    Use :meth:`encode_with_features` on the mixture and pass its features to :meth:`decode`.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        down_block_types: tuple[str, ...] = ("DownEncoderBlock2D",),
+        up_block_types: tuple[str, ...] = ("UpDecoderBlock2D",),
+        block_out_channels: tuple[int, ...] = (64,),
+        layers_per_block: int = 1,
+        act_fn: str = "silu",
+        latent_channels: int = 4,
+        norm_num_groups: int = 32,
+        sample_size: int = 32,
+        scaling_factor: float = 0.18215,
+        shift_factor: float | None = None,
+        latents_mean: tuple[float] | None = None,
+        latents_std: tuple[float] | None = None,
+        force_upcast: bool = True,
+        use_quant_conv: bool = True,
+        use_post_quant_conv: bool = True,
+        mid_block_add_attention: bool = True,
+        fgfm_reduction: int = 2,
+    ) -> None:
+        super().__init__(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            down_block_types=down_block_types,
+            up_block_types=up_block_types,
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            act_fn=act_fn,
+            latent_channels=latent_channels,
+            norm_num_groups=norm_num_groups,
+            sample_size=sample_size,
+            scaling_factor=scaling_factor,
+            shift_factor=shift_factor,
+            latents_mean=latents_mean,
+            latents_std=latents_std,
+            force_upcast=force_upcast,
+            use_quant_conv=use_quant_conv,
+            use_post_quant_conv=use_post_quant_conv,
+            mid_block_add_attention=mid_block_add_attention,
+        )
+        self.fgfm_fusions = nn.ModuleList()
+        for up_index in range(len(block_out_channels)):
+            decoder_channels = block_out_channels[len(block_out_channels) - 1 - up_index]
+            encoder_channels = block_out_channels[self.fgfm_encoder_index(up_index)]
+            hidden = max(decoder_channels // fgfm_reduction, 8)
+            self.fgfm_fusions.append(FusionBlock(encoder_channels, decoder_channels, hidden))
+
+    def fgfm_encoder_index(self, up_index: int) -> int:
+        """Encoder down block whose features match the resolution of decoder up block ``up_index``.
+
+        Down block ``i`` works at scale ``2^i`` before downsampling; up block ``j`` outputs scale
+        ``2^(n-2-j)`` (the last one, which has no upsampler, stays at full resolution).
+        """
+        return max(len(self.config.block_out_channels) - 2 - up_index, 0)
+
+    @classmethod
+    def from_vae(cls, vae: AutoencoderKL, **fgfm_config) -> "FGFMAutoencoderKL":
+        """Wrap a trained ``AutoencoderKL`` (e.g. Stable Diffusion's): same weights, fresh zero-initialized FGFM."""
+        config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
+        model = cls.from_config({**config, **fgfm_config})
+        missing, unexpected = model.load_state_dict(vae.state_dict(), strict=False)
+        if unexpected or any(not key.startswith("fgfm_fusions.") for key in missing):
+            raise ValueError(f"VAE weights do not match the FGFM model: missing={missing}, unexpected={unexpected}.")
+        return model.to(device=vae.device, dtype=vae.dtype)
+
+    @contextmanager
+    def _record_encoder_features(self) -> Iterator[list[torch.Tensor]]:
+        features: list[torch.Tensor] = []
+        hooks = [
+            block.resnets[-1].register_forward_hook(lambda module, args, output: features.append(output))
+            for block in self.encoder.down_blocks
+        ]
+        try:
+            yield features
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    @apply_forward_hook
+    def encode_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encode ``x`` (in [-1, 1]) to its posterior mode and the multi-scale features FGFM fuses.
+
+        Returns the unscaled latent (multiply by ``scaling_factor`` for the UNet) and one feature map per
+        encoder down block, finest first.
+        """
+        if self.use_tiling or self.use_slicing:
+            raise ValueError("`encode_with_features` needs VAE tiling and slicing disabled.")
+        with self._record_encoder_features() as features:
+            posterior = self.encode(x).latent_dist
+        return posterior.mode(), list(features)
+
+    @contextmanager
+    def _fused_decoder(self, features: list[torch.Tensor], strength: float) -> Iterator[None]:
+        def make_hook(up_index: int):
+            fusion = self.fgfm_fusions[up_index]
+            encoder_features = features[self.fgfm_encoder_index(up_index)]
+
+            def hook(module, args, output):
+                return output + strength * fusion(encoder_features.to(output.dtype), output)
+
+            return hook
+
+        hooks = [block.register_forward_hook(make_hook(j)) for j, block in enumerate(self.decoder.up_blocks)]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def _check_features(self, z: torch.Tensor, features: list[torch.Tensor]) -> None:
+        if len(features) != len(self.encoder.down_blocks):
+            raise ValueError(
+                f"`mixture_features` must hold {len(self.encoder.down_blocks)} maps (from `encode_with_features`), "
+                f"got {len(features)}."
+            )
+        if z.shape[0] % features[0].shape[0] != 0:
+            raise ValueError(
+                f"The latent batch ({z.shape[0]}) must be a multiple of the mixture batch ({features[0].shape[0]}): "
+                "rows are [transmission; reflection] of the same mixtures."
+            )
+        scale = 2 ** (len(self.config.block_out_channels) - 1)
+        expected = (z.shape[-2] * scale, z.shape[-1] * scale)
+        if tuple(features[0].shape[-2:]) != expected:
+            raise ValueError(
+                f"`mixture_features` were computed at {tuple(features[0].shape[-2:])} but the latents decode to "
+                f"{expected}; encode the mixture at the processing resolution."
+            )
+        if self.use_tiling:
+            raise ValueError("FGFM decoding needs VAE tiling disabled (`vae.disable_tiling()`).")
+
+    @apply_forward_hook
+    def decode(
+        self,
+        z: torch.Tensor,
+        return_dict: bool = True,
+        generator: torch.Generator | None = None,
+        mixture_features: list[torch.Tensor] | None = None,
+        fgfm_strength: float = 0.8,
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        """Decode latents; with ``mixture_features`` the decoder is modulated by FGFM with weight ``fgfm_strength``.
+
+        ``z`` may hold ``k`` rows per mixture (e.g. ``[T; R]``); the features are repeated to match.
+        """
+        if mixture_features is None or fgfm_strength == 0:
+            return super().decode(z, return_dict=return_dict, generator=generator)
+        self._check_features(z, mixture_features)
+        repeats = z.shape[0] // mixture_features[0].shape[0]
+        features = [f.repeat(repeats, 1, 1, 1) for f in mixture_features]
+        if self.use_slicing and z.shape[0] > 1:
+            slices = []
+            for row in range(z.shape[0]):
+                with self._fused_decoder([f[row : row + 1] for f in features], fgfm_strength):
+                    slices.append(self._decode(z[row : row + 1]).sample)
+            decoded = torch.cat(slices)
+        else:
+            with self._fused_decoder(features, fgfm_strength):
+                decoded = self._decode(z).sample
+        if not return_dict:
+            return (decoded,)
+        return DecoderOutput(sample=decoded)
