@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 PipelineImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, list]
 
-_PIL_CONVERTIBLE = {"RGB", "L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "LA", "PA", "RGBa", "La"}
+_PIL_CONVERTIBLE = {"RGB", "L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "RGBX", "LA", "PA", "RGBa", "La"}
 _PIL_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 

@@ -23,6 +23,7 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' loader looks it up in this module)
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 

@@ -1,0 +1,117 @@
+"""Cross-layer self-attention against the paper's softmax formula."""
+
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from reflection_separation.attention import (
+    CrossLayerAttnProcessor,
+    join_layers,
+    set_cross_layer_attention,
+    split_layers,
+    uses_cross_layer_attention,
+)
+
+
+def make_attention(dim: int = 16, heads: int = 2) -> Attention:
+    torch.manual_seed(0)
+    attn = Attention(query_dim=dim, heads=heads, dim_head=dim // heads)
+    attn.set_processor(CrossLayerAttnProcessor())
+    return attn.eval()
+
+
+def paper_formula(attn: Attention, hidden: torch.Tensor) -> torch.Tensor:
+    """H^i = softmax(Q^i [K^T; K^R]^T / sqrt(d)) [V^T; V^R] per image and head, written out directly."""
+    pairs = hidden.shape[0] // 2
+    heads = attn.heads
+    outputs = torch.zeros_like(hidden)
+    for b in range(pairs):
+        h_t, h_r = hidden[b], hidden[pairs + b]
+        keys = torch.cat([attn.to_k(h_t), attn.to_k(h_r)], dim=0)
+        values = torch.cat([attn.to_v(h_t), attn.to_v(h_r)], dim=0)
+        for row, h_i in ((b, h_t), (pairs + b, h_r)):
+            query = attn.to_q(h_i)
+            d = query.shape[-1] // heads
+            per_head = []
+            for head in range(heads):
+                q = query[:, head * d : (head + 1) * d]
+                k = keys[:, head * d : (head + 1) * d]
+                v = values[:, head * d : (head + 1) * d]
+                weights = torch.softmax(q @ k.T / d**0.5, dim=-1)
+                per_head.append(weights @ v)
+            outputs[row] = attn.to_out[0](torch.cat(per_head, dim=-1))
+    return outputs
+
+
+@torch.no_grad()
+def test_clsa_matches_softmax_formula_for_batch_of_pairs():
+    attn = make_attention()
+    hidden = torch.randn(6, 10, 16)  # 3 images: rows [T0 T1 T2 R0 R1 R2]
+    torch.testing.assert_close(attn(hidden), paper_formula(attn, hidden), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_clsa_differs_from_plain_self_attention():
+    attn = make_attention()
+    hidden = torch.randn(2, 10, 16)
+    clsa = attn(hidden)
+    attn.set_processor(AttnProcessor2_0())
+    assert (clsa - attn(hidden)).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_images_in_a_batch_never_attend_to_each_other():
+    attn = make_attention()
+    hidden = torch.randn(6, 10, 16)
+    changed = hidden.clone()
+    changed[1] += 5.0  # transmission of image 1
+    changed[4] -= 5.0  # reflection of image 1
+    before, after = attn(hidden), attn(changed)
+    for row in (0, 2, 3, 5):
+        torch.testing.assert_close(before[row], after[row], atol=0, rtol=0)
+    assert (before[1] - after[1]).abs().max() > 1e-3
+    # and the two layers of one image do interact
+    changed_r = hidden.clone()
+    changed_r[3] += 5.0  # reflection of image 0
+    assert (attn(changed_r)[0] - before[0]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_fused_qkv_projection_gives_the_same_result():
+    attn = make_attention()
+    hidden = torch.randn(4, 10, 16)
+    expected = attn(hidden)
+    attn.fuse_projections()
+    torch.testing.assert_close(attn(hidden), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_join_and_split_are_inverse_and_pair_rows():
+    hidden = torch.arange(4 * 3 * 2, dtype=torch.float32).reshape(4, 3, 2)
+    joined = join_layers(hidden)
+    assert joined.shape == (2, 6, 2)
+    torch.testing.assert_close(joined[1, :3], hidden[1])  # T of image 1
+    torch.testing.assert_close(joined[1, 3:], hidden[3])  # R of image 1
+    torch.testing.assert_close(split_layers(joined), hidden)
+
+
+def test_odd_batch_fails_loudly():
+    attn = make_attention()
+    with pytest.raises(ValueError, match="odd batch"):
+        attn(torch.randn(3, 10, 16))
+
+
+def test_clsa_refuses_cross_attention_use():
+    attn = make_attention()
+    with pytest.raises(ValueError, match="attn1"):
+        attn(torch.randn(2, 10, 16), encoder_hidden_states=torch.randn(2, 4, 16))
+
+
+def test_installed_on_every_self_attention_only(tiny_pipe):
+    unet = tiny_pipe.unet
+    processors = unet.attn_processors
+    assert uses_cross_layer_attention(unet)
+    for name, processor in processors.items():
+        assert isinstance(processor, CrossLayerAttnProcessor) == name.endswith("attn1.processor")
+    set_cross_layer_attention(unet, False)
+    assert not uses_cross_layer_attention(unet)
+    assert not any(isinstance(p, CrossLayerAttnProcessor) for p in unet.attn_processors.values())
