@@ -375,7 +375,7 @@ def gradient_correlation(image: np.ndarray, layer: np.ndarray, scales: Sequence[
     for scale in scales:
         if min(image.shape[:2]) // scale < 2:
             continue
-        a, b = _gradients(_box_downsample(image, scale)), _gradients(_box_downsample(layer, scale))
+        a, b = (_gradients(_box_downsample(x, scale)).ravel() for x in (image, layer))
         a, b = a - a.mean(), b - b.mean()
         norm = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
         values.append(float(np.dot(a, b)) / norm if norm > 0 else 0.0)
@@ -388,19 +388,13 @@ def reflection_proxy(mixture: np.ndarray, transmission: np.ndarray) -> np.ndarra
 
     Stands in for the true reflection in :func:`gradient_correlation` on sets without one (Real20, Nature). The
     plain residual ``M - T`` (DSRNet's reflection target there) would also count the glass's dimming of T as
-    reflection, making a perfect T look leaky; with the fit, the true T scores 0 and the mixture itself scores
-    the share of its structure that T does not explain.
+    reflection, making a perfect T look leaky (negative); with the fit, the true T scores about 0 and the mixture
+    itself the share of its structure that T does not explain.
     """
     mixture, transmission = np.asarray(mixture, np.float64), np.asarray(transmission, np.float64)
     _check_pair(mixture, transmission)
 
-    def channel_gradients(image: np.ndarray) -> np.ndarray:
-        channels = image.shape[-1]
-        return np.concatenate(
-            [np.diff(image, axis=0).reshape(-1, channels), np.diff(image, axis=1).reshape(-1, channels)]
-        )
-
-    grad_m, grad_t = channel_gradients(mixture), channel_gradients(transmission)
+    grad_m, grad_t = _gradients(mixture), _gradients(transmission)
     energy = (grad_t**2).sum(axis=0)
     gain = np.divide((grad_m * grad_t).sum(axis=0), energy, out=np.zeros_like(energy), where=energy > 0)
     return mixture - gain * transmission
@@ -413,7 +407,9 @@ def _box_downsample(image: np.ndarray, scale: int) -> np.ndarray:
 
 
 def _gradients(image: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.diff(image, axis=0).ravel(), np.diff(image, axis=1).ravel()])
+    """Vertical and horizontal differences of an (H, W, C) image, as rows of an (N, C) array."""
+    channels = image.shape[-1]
+    return np.concatenate([np.diff(image, axis=0).reshape(-1, channels), np.diff(image, axis=1).reshape(-1, channels)])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -776,26 +772,11 @@ def evaluate(
         folder = prediction_root / key
         records, failures = [], []
         for index in range(sizes[key]):
-            name = bench.names[index]
             try:
-                item = bench[index]
-            except (OSError, ValueError) as error:
-                failures.append(_failure(bench, name, f"input: {error}"))
-                progress.update()
-                continue
-            record: dict[str, Any] = {"name": name}
-            if pipeline is not None and _find_layer(folder, name, "transmission") is None:
-                record["seconds"] = _run_pipeline(pipeline, item, folder, seed, pipeline_kwargs or {})
-            try:
-                transmission, reflection, resized = _read_prediction(folder, name, item.transmission.shape)
-            except (OSError, ValueError) as error:
-                failures.append(_failure(bench, name, f"prediction: {error}"))
-                progress.update()
-                continue
-            record.update(image_metrics(item, transmission, reflection, lpips, dists))
-            if resized:
-                record["resized"] = True
-            records.append(record)
+                records.append(_score_image(bench, index, folder, pipeline, seed, pipeline_kwargs or {}, lpips, dists))
+            except _UnreadableFileError as error:
+                logger.warning(f"Skipping {bench.spec.title} image {bench.names[index]!r}: {error}")
+                failures.append({"name": bench.names[index], "error": str(error)})
             progress.update()
         results[key] = (records, failures)
         _write_set_report(output_dir / key, bench, records, failures)
@@ -809,9 +790,36 @@ def evaluate(
     return report
 
 
-def _failure(bench: BenchmarkSet, name: str, error: str) -> dict[str, str]:
-    logger.warning(f"Skipping {bench.spec.title} image {name!r}: {error}")
-    return {"name": name, "error": error}
+class _UnreadableFileError(Exception):
+    """An input or prediction file of one image could not be read; that image is skipped and reported."""
+
+
+def _score_image(
+    bench: BenchmarkSet,
+    index: int,
+    folder: Path,
+    pipeline: SeparationPipeline | None,
+    seed: int,
+    pipeline_kwargs: dict[str, Any],
+    lpips: LPIPS | None,
+    dists: DISTS | None,
+) -> dict[str, Any]:
+    """Separate image ``index`` of ``bench`` unless its prediction is in ``folder`` already, then score it."""
+    try:
+        item = bench[index]
+    except (OSError, ValueError) as error:
+        raise _UnreadableFileError(f"input: {error}") from error
+    record: dict[str, Any] = {"name": item.name}
+    if pipeline is not None and _find_layer(folder, item.name, "transmission") is None:
+        record["seconds"] = _run_pipeline(pipeline, item, folder, seed, pipeline_kwargs)
+    try:
+        transmission, reflection, resized = _read_prediction(folder, item.name, item.transmission.shape)
+    except (OSError, ValueError) as error:
+        raise _UnreadableFileError(f"prediction: {error}") from error
+    record.update(image_metrics(item, transmission, reflection, lpips, dists))
+    if resized:
+        record["resized"] = True
+    return record
 
 
 def _run_pipeline(

@@ -220,7 +220,7 @@ def test_discover_errnet_xreflection_layout(tmp_path):
 
 def test_real20_cut_to_standard_twenty(tmp_path):
     rng = np.random.default_rng(6)
-    _write_set(tmp_path / "real20", list(REAL20_NAMES) + ["1", "2"], rng, reflection=False)
+    _write_set(tmp_path / "real20", [*REAL20_NAMES, "1", "2"], rng, reflection=False)
     assert BenchmarkSet("real20", tmp_path / "real20").names == list(REAL20_NAMES)
 
 

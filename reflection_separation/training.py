@@ -1,0 +1,603 @@
+"""Training stack: the VAE (from scratch only), the UNet, the composition net C and the FGFM blocks.
+
+Each stage is an objective module whose ``forward`` returns the loss, so ``accelerate`` (one GPU, or many
+with ``accelerate launch``, DDP) wraps it unchanged. Stages read the pipeline from ``<output_dir>/pipeline``
+(or build it: from scratch with :mod:`.components`, or from a Stable Diffusion 2.x checkpoint), train
+their part, and save the complete pipeline back there.
+
+Losses:
+* ``vae``: L1 + ``0.2 * (1 - SSIM)`` reconstruction + ``1e-6`` KL, on photos and synthetic mixtures; the
+  latent ``scaling_factor`` is then set to ``1 / std`` of the training latents, as in Stable Diffusion.
+* ``unet``: the noise (or v) prediction loss of both branches jointly: each batch holds the T and R rows of
+  the same images with their prompts and the same timestep, CLSA active, ``[z_t, z_I]`` as input.
+* ``composition``: ``L_comp = ||C(E(T), E(R)) - E(I)||^2``.
+* ``fgfm``: only the fusion blocks train, VAE frozen; L1 + ``0.2 * (1 - SSIM)`` between the decoded layers
+  and the true ones. The decoder is fed the true layers' latents perturbed by Gaussian noise of a random
+  level in ``[0, fgfm_latent_noise]`` so the fusion learns to restore what sampling loses.
+
+Determinism and resume: batch ``k`` of step ``s`` draws dataset items and noise from generators seeded by
+``(seed, s, k, process)``, so a run resumed from a checkpoint continues exactly as an uninterrupted run.
+Checkpoints are ``accelerate`` states (weights as safetensors; optimizer state as accelerate saves it) plus
+the EMA weights as safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .components import ModelSizeConfig, build_pipeline
+from .composition import composition_loss
+from .data import SyntheticReflectionDataset, list_images
+from .pipeline import ReflectionSeparationPipeline
+
+STAGES = ("vae", "unet", "composition", "fgfm")
+
+
+@dataclass
+class StageConfig:
+    """Optimization settings of one stage."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "cosine"
+    lr_warmup_steps: int = 0
+    weight_decay: float = 0.0
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int = 2
+    validation_steps: int = 500
+    log_steps: int = 10
+    ema_decay: float | None = None
+    gradient_checkpointing: bool = False
+    num_workers: int = 0
+
+
+@dataclass
+class TrainingConfig:
+    """A whole training run, read from a JSON file (see ``examples/configs/``).
+
+    ``model`` is one of ``{"from_scratch": {<ModelSizeConfig fields>}}``,
+    ``{"stable_diffusion": "<hub id or folder>"}`` or ``{"pipeline": "<our pipeline folder>"}``.
+    """
+
+    output_dir: str
+    photos: str
+    model: dict[str, Any] = field(default_factory=lambda: {"from_scratch": {}})
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+    resolution: int = 256
+    photo_long_side: int | None = None
+    seed: int = 0
+    mixed_precision: str = "no"
+    num_samples: int = 100_000
+    validation_fraction: float = 0.1
+    validation_images: int = 4
+    validation_inference_steps: int = 10
+    fgfm_latent_noise: float = 0.3
+    push_to_hub: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainingConfig":
+        values = dict(values)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"Unknown training config keys {sorted(unknown)}.")
+        stages = values.pop("stages", {})
+        bad = set(stages) - set(STAGES)
+        if bad:
+            raise ValueError(f"Unknown stages {sorted(bad)}; valid stages: {STAGES}.")
+        config = cls(**values)
+        config.stages = {name: StageConfig(**settings) for name, settings in stages.items()}
+        return config
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainingConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Training config {str(path)!r} does not exist.")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    @property
+    def pipeline_dir(self) -> Path:
+        return Path(self.output_dir) / "pipeline"
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Differentiable mean SSIM (Gaussian window, constants of Wang et al. 2004) for images in [0, 1]."""
+    coords = torch.arange(window, dtype=x.dtype, device=x.device) - window // 2
+    gauss = torch.exp(-(coords**2) / (2 * sigma**2))
+    gauss = gauss / gauss.sum()
+    kernel = (gauss[:, None] * gauss[None, :]).expand(x.shape[1], 1, window, window)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=x.shape[1])
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    value = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return value.mean()
+
+
+def pixel_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 + 0.2 (1 - SSIM) on images in [-1, 1]."""
+    prediction, target = prediction.float(), target.float()
+    structural = 1 - ssim((prediction.clamp(-1, 1) + 1) / 2, (target + 1) / 2)
+    return F.l1_loss(prediction, target) + 0.2 * structural
+
+
+def _to_model_range(images: torch.Tensor) -> torch.Tensor:
+    return images * 2 - 1
+
+
+# ---------------------------------------------------------------------------- objectives
+
+
+class Objective(nn.Module):
+    """A stage: ``forward(batch, generator)`` returns the loss; ``trainable`` is what the optimizer updates."""
+
+    def __init__(self, pipe: ReflectionSeparationPipeline, trainable: nn.Module) -> None:
+        super().__init__()
+        # Only the trained part is a registered submodule: DDP syncs it and checkpoints hold only it.
+        object.__setattr__(self, "pipe", pipe)
+        for module in (pipe.vae, pipe.unet, pipe.text_encoder, pipe.composition_net):
+            module.requires_grad_(False)
+        trainable.requires_grad_(True)
+        self.trainable = trainable
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> scaled posterior-mode latents, without gradient."""
+        with torch.no_grad():
+            latents, _ = self.pipe.encode_mixture(_to_model_range(images))
+        return latents
+
+    def finalize(self, accelerator: Accelerator, batches: Iterator[dict[str, torch.Tensor]]) -> None:
+        """Hook run once after training, before the pipeline is saved."""
+
+
+class VAEObjective(Objective):
+    def __init__(self, pipe: ReflectionSeparationPipeline) -> None:
+        super().__init__(pipe, pipe.vae)
+        for name, parameter in pipe.vae.named_parameters():
+            parameter.requires_grad_(not name.startswith("fgfm_fusions."))
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        images = _to_model_range(torch.cat([batch["transmission"], batch["mixture"]]))
+        posterior = self.trainable.encode(images).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
+        latents = posterior.mean + posterior.std * noise
+        reconstruction = self.trainable.decode(latents).sample
+        return pixel_loss(reconstruction, images) + 1e-6 * posterior.kl().mean()
+
+    def finalize(self, accelerator: Accelerator, batches: Iterator[dict[str, torch.Tensor]]) -> None:
+        vae = self.pipe.vae
+        with torch.no_grad():
+            vae.register_to_config(scaling_factor=1.0)
+            latents = torch.cat([self.encode(next(batches)["mixture"].to(vae.device)) for _ in range(4)])
+            scale = 1.0 / latents.float().std().item()
+        vae.register_to_config(scaling_factor=scale)
+        accelerator.print(f"latent scaling_factor set to {scale:.5f}")
+
+
+class UNetObjective(Objective):
+    def __init__(self, pipe: ReflectionSeparationPipeline) -> None:
+        super().__init__(pipe, pipe.unet)
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.register_buffer("prompt_pair", pipe.encode_layer_prompts(pipe.unet.device).detach(), persistent=False)
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        mixture = self.encode(batch["mixture"])
+        clean = torch.cat([self.encode(batch["transmission"]), self.encode(batch["reflection"])])
+        size = mixture.shape[0]
+        num_train = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, num_train, (size,), generator=generator).repeat(2).to(clean.device)
+        noise = torch.randn(clean.shape, generator=generator).to(clean)
+        noisy = self.noise_scheduler.add_noise(clean, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(clean, noise, timesteps)
+        else:
+            target = noise
+        prompts = self.pipe.layer_prompt_batch(self.prompt_pair.to(noisy.dtype), size)
+        unet_input = torch.cat([noisy, mixture.repeat(2, 1, 1, 1)], dim=1)
+        prediction = self.trainable(unet_input, timesteps, encoder_hidden_states=prompts).sample
+        return F.mse_loss(prediction.float(), target.float())
+
+
+class CompositionObjective(Objective):
+    def __init__(self, pipe: ReflectionSeparationPipeline) -> None:
+        super().__init__(pipe, pipe.composition_net)
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        latents = [self.encode(batch[key]) for key in ("transmission", "reflection", "mixture")]
+        return composition_loss(self.trainable, *latents).mean()
+
+
+class FGFMObjective(Objective):
+    def __init__(self, pipe: ReflectionSeparationPipeline, latent_noise: float) -> None:
+        super().__init__(pipe, pipe.vae.fgfm_fusions)
+        self.latent_noise = latent_noise
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        vae = self.pipe.vae
+        with torch.no_grad():
+            _, features = self.pipe.encode_mixture(_to_model_range(batch["mixture"]))
+        layers = torch.cat([batch["transmission"], batch["reflection"]])
+        latents = self.encode(layers)
+        levels = torch.rand((latents.shape[0], 1, 1, 1), generator=generator).to(latents) * self.latent_noise
+        latents = latents + levels * torch.randn(latents.shape, generator=generator).to(latents)
+        decoded = vae.decode(latents / vae.config.scaling_factor, mixture_features=features, fgfm_strength=1.0).sample
+        return pixel_loss(decoded, _to_model_range(layers))
+
+
+def build_objective(stage: str, pipe: ReflectionSeparationPipeline, config: TrainingConfig) -> Objective:
+    if stage == "vae":
+        return VAEObjective(pipe)
+    if stage == "unet":
+        return UNetObjective(pipe)
+    if stage == "composition":
+        return CompositionObjective(pipe)
+    if stage == "fgfm":
+        return FGFMObjective(pipe, config.fgfm_latent_noise)
+    raise ValueError(f"Unknown stage {stage!r}; choose one of {STAGES}.")
+
+
+# ---------------------------------------------------------------------------- data and model
+
+
+def prepare_photos(config: TrainingConfig) -> Path:
+    """The photo folder to train on; with ``photo_long_side`` set, resized copies cached in the output dir."""
+    source = Path(config.photos)
+    if not source.is_dir():
+        raise FileNotFoundError(f"Photo folder {str(source)!r} does not exist; gather photos with examples/gather_photos.py.")
+    if config.photo_long_side is None:
+        return source
+    cache = Path(config.output_dir) / f"photos_{config.photo_long_side}"
+    for path in list_images(source):
+        target = cache / path.relative_to(source).with_suffix(".png")
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            scale = config.photo_long_side / max(image.size)
+            if scale < 1:
+                image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+            image.save(target)
+    return cache
+
+
+def load_pipeline(config: TrainingConfig) -> ReflectionSeparationPipeline:
+    """The pipeline the next stage starts from: the run's saved pipeline, else one built from ``config.model``."""
+    if (config.pipeline_dir / "model_index.json").exists():
+        return ReflectionSeparationPipeline.from_pretrained(config.pipeline_dir)
+    (kind, value), = config.model.items()
+    if kind == "from_scratch":
+        return build_pipeline(ModelSizeConfig.from_dict(value), seed=config.seed)
+    if kind == "stable_diffusion":
+        return ReflectionSeparationPipeline.from_stable_diffusion(value)
+    if kind == "pipeline":
+        return ReflectionSeparationPipeline.from_pretrained(value)
+    raise ValueError(f"`model` must be one of from_scratch, stable_diffusion, pipeline; got {kind!r}.")
+
+
+def _seed(*parts: int) -> int:
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + int(part)) % (2**63 - 1)
+    return value
+
+
+class BatchSource:
+    """Deterministic batches: micro-batch ``k`` of step ``s`` on process ``p`` depends on (seed, s, k, p) only."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, process: int, num_processes: int) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.process = process
+        self.num_processes = num_processes
+
+    def indices(self, step: int, micro: int) -> list[int]:
+        generator = torch.Generator().manual_seed(_seed(self.seed, step, micro))
+        global_batch = torch.randint(0, len(self.dataset), (self.batch_size * self.num_processes,), generator=generator)
+        return global_batch[self.process :: self.num_processes].tolist()
+
+    def batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        items = [self.dataset[i] for i in self.indices(step, micro)]
+        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+    def generator(self, step: int, micro: int) -> torch.Generator:
+        return torch.Generator().manual_seed(_seed(self.seed + 1, step, micro, self.process))
+
+
+class PrefetchingBatches:
+    """Loads the batches of the coming steps in DataLoader workers, in order."""
+
+    def __init__(self, source: BatchSource, first_step: int, last_step: int, accumulation: int, num_workers: int):
+        keys = [(s, k) for s in range(first_step, last_step) for k in range(accumulation)]
+        self._loader = torch.utils.data.DataLoader(
+            _KeyedBatches(source, keys), batch_size=None, num_workers=num_workers, prefetch_factor=4 if num_workers else None
+        )
+
+    def __iter__(self):
+        return iter(self._loader)
+
+
+class _KeyedBatches(Dataset):
+    def __init__(self, source: BatchSource, keys: list[tuple[int, int]]) -> None:
+        self.source = source
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.source.batch(*self.keys[index])
+
+
+# ---------------------------------------------------------------------------- loop
+
+
+def _latest_checkpoint(folder: Path) -> tuple[Path | None, int]:
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not checkpoints:
+        return None, 0
+    return checkpoints[-1], int(checkpoints[-1].name.split("-")[1])
+
+
+def _save_ema(ema: EMAModel, module: nn.Module, path: Path) -> None:
+    names = [name for name, p in module.named_parameters() if p.requires_grad]
+    tensors = {name: shadow.detach().cpu().contiguous() for name, shadow in zip(names, ema.shadow_params)}
+    save_file(tensors, str(path), metadata={"optimization_step": str(ema.optimization_step)})
+
+
+def _load_ema(ema: EMAModel, module: nn.Module, path: Path) -> None:
+    from safetensors import safe_open
+
+    tensors = load_file(str(path))
+    names = [name for name, p in module.named_parameters() if p.requires_grad]
+    for shadow, name in zip(ema.shadow_params, names):
+        shadow.data.copy_(tensors[name].to(shadow.device))
+    with safe_open(str(path), framework="pt") as handle:
+        ema.optimization_step = int(handle.metadata()["optimization_step"])
+
+
+def _memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def validate(
+    stage: str, pipe: ReflectionSeparationPipeline, batch: dict[str, torch.Tensor], config: TrainingConfig, path: Path
+) -> dict[str, float]:
+    """Stage-specific validation numbers on held-out synthetic mixtures, plus an image sheet at ``path``."""
+    device = pipe.unet.device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    metrics: dict[str, float] = {}
+    with torch.no_grad():
+        if stage == "vae":
+            reconstruction = pipe.vae.decode(pipe.vae.encode(_to_model_range(batch["mixture"])).latent_dist.mode()).sample
+            shown = [batch["mixture"], (reconstruction.clamp(-1, 1) + 1) / 2]
+        elif stage == "composition":
+            latents = [pipe.encode_mixture(_to_model_range(batch[k]))[0] for k in ("transmission", "reflection", "mixture")]
+            metrics["val_l_comp"] = composition_loss(pipe.composition_net, *latents).mean().item()
+            metrics["val_l_comp_sum_baseline"] = ((latents[0] + latents[1] - latents[2]) ** 2).mean().item()
+            shown = [batch["mixture"]]
+        else:
+            out = pipe(
+                list(batch["mixture"]),
+                num_inference_steps=config.validation_inference_steps,
+                processing_resolution=0,
+                generator=[torch.Generator().manual_seed(i) for i in range(len(batch["mixture"]))],
+                batch_size=len(batch["mixture"]),
+                output_type="pt",
+            )
+            shown = [batch["mixture"], out.transmission, batch["transmission"], out.reflection, batch["reflection"]]
+            metrics["val_psnr_t"] = _psnr(out.transmission, batch["transmission"])
+            metrics["val_psnr_r"] = _psnr(out.reflection, batch["reflection"])
+            metrics["val_psnr_mixture_vs_t"] = _psnr(batch["mixture"], batch["transmission"])
+    rows = [torch.cat(list(images.float().cpu()), dim=2) for images in shown]
+    sheet = (torch.cat(rows, dim=1).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(path)
+    return metrics
+
+
+def _psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    mse = ((prediction.float() - target.float()) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return (10 * torch.log10(1 / mse)).mean().item()
+
+
+def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = None) -> Path:
+    """Train one stage (resuming from its latest checkpoint) and save the complete pipeline.
+
+    ``stop_after`` ends the run right after that step's checkpoint without saving the pipeline, as a
+    crash would; rerunning resumes from the checkpoint.
+    """
+    settings = config.stages.get(stage, StageConfig())
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    stage_dir = Path(config.output_dir) / stage
+    checkpoint_dir = stage_dir / "checkpoints"
+
+    pipe = load_pipeline(config)
+    pipe.set_progress_bar_config(disable=True)
+    if stage == "vae" and "from_scratch" not in config.model:
+        raise ValueError("The `vae` stage trains an autoencoder from scratch; pretrained models keep their VAE.")
+    pipe.to(accelerator.device)
+    objective = build_objective(stage, pipe, config)
+    if settings.gradient_checkpointing and hasattr(objective.trainable, "enable_gradient_checkpointing"):
+        objective.trainable.enable_gradient_checkpointing()
+    parameters = [p for p in objective.trainable.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    lr_scheduler = get_scheduler(
+        settings.lr_scheduler, optimizer, num_warmup_steps=settings.lr_warmup_steps, num_training_steps=settings.steps
+    )
+    ema = EMAModel(parameters, decay=settings.ema_decay) if settings.ema_decay else None
+    model, optimizer = accelerator.prepare(objective, optimizer)
+
+    photos = prepare_photos(config) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    photos = prepare_photos(config)
+    common = {"resolution": config.resolution, "seed": config.seed, "validation_fraction": config.validation_fraction}
+    train_set = SyntheticReflectionDataset(photos, num_samples=config.num_samples, split="train", **common)
+    val_set = SyntheticReflectionDataset(photos, num_samples=config.validation_images, split="validation", **common)
+    source = BatchSource(train_set, settings.batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    val_batch = BatchSource(val_set, config.validation_images, config.seed, 0, 1).batch(0, 0)
+
+    checkpoint, start = _latest_checkpoint(checkpoint_dir)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        if ema is not None:
+            _load_ema(ema, objective.trainable, checkpoint / "ema.safetensors")
+        with warnings.catch_warnings():  # replaying the schedule, not skipping an optimizer step
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            for _ in range(start):
+                lr_scheduler.step()
+        accelerator.print(f"resumed {stage} from {checkpoint} at step {start}")
+
+    log_path = stage_dir / "log.jsonl"
+    accumulation = settings.gradient_accumulation_steps
+    batches = iter(PrefetchingBatches(source, start, settings.steps, accumulation, settings.num_workers))
+    bar = tqdm(total=settings.steps, initial=start, desc=f"train {stage}", disable=not accelerator.is_main_process)
+    tick, images_seen = time.perf_counter(), 0
+    for step in range(start, settings.steps):
+        model.train()
+        total = 0.0
+        for micro in range(accumulation):
+            batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+            sync = micro == accumulation - 1
+            context = accelerator.no_sync(model) if not sync else _null_context()
+            with context, accelerator.autocast():
+                loss = model(batch, source.generator(step, micro)) / accumulation
+                accelerator.backward(loss)
+            total += loss.detach().item()
+            images_seen += batch["mixture"].shape[0] * accelerator.num_processes
+        grad_norm = accelerator.clip_grad_norm_(parameters, settings.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(parameters)
+        done = step + 1
+        bar.update(1)
+
+        if accelerator.is_main_process and (done % settings.log_steps == 0 or done == settings.steps):
+            elapsed = time.perf_counter() - tick
+            record = {
+                "stage": stage,
+                "step": done,
+                "loss": total,
+                "grad_norm": float(grad_norm),
+                "lr": lr_scheduler.get_last_lr()[0],
+                "it_per_s": settings.log_steps / elapsed if elapsed > 0 else math.nan,
+                "images_per_s": images_seen / elapsed if elapsed > 0 else math.nan,
+                "memory_gib": _memory_gib(accelerator.device),
+                "processes": accelerator.num_processes,
+            }
+            bar.set_postfix(loss=f"{total:.4f}", lr=f"{record['lr']:.2e}", mem=f"{record['memory_gib']:.1f}G")
+            _append_log(log_path, record)
+            tick, images_seen = time.perf_counter(), 0
+
+        if done % settings.validation_steps == 0 and accelerator.is_main_process:
+            model.eval()
+            metrics = validate(stage, pipe, val_batch, config, stage_dir / "validation" / f"step-{done:06d}.png")
+            _append_log(log_path, {"stage": stage, "step": done, **metrics})
+            accelerator.print(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+        if done % settings.checkpointing_steps == 0 or done == stop_after:
+            _checkpoint(accelerator, ema, objective.trainable, checkpoint_dir, done, settings.checkpoints_total_limit)
+        if done == stop_after:
+            bar.close()
+            return checkpoint_dir
+    bar.close()
+
+    if ema is not None:
+        ema.copy_to(parameters)
+    if accelerator.is_main_process:
+        objective.finalize(accelerator, (val_batch for _ in iter(int, 1)))
+        pipe.to("cpu")
+        pipe.save_pretrained(config.pipeline_dir)
+        if config.push_to_hub:
+            pipe.push_to_hub(config.push_to_hub)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return config.pipeline_dir
+
+
+class _null_context:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _checkpoint(
+    accelerator: Accelerator, ema: EMAModel | None, module: nn.Module, folder: Path, step: int, keep: int
+) -> None:
+    path = folder / f"checkpoint-{step}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        if ema is not None:
+            _save_ema(ema, module, path / "ema.safetensors")
+        checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in checkpoints[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="reflection-separation-train",
+        description="Train a stage of the reflection-separation model (resumes from the stage's last checkpoint).",
+        epilog="Example: accelerate launch --multi_gpu --num_processes 2 -m reflection_separation.training "
+        "--config examples/configs/small_model.json --stage unet",
+    )
+    parser.add_argument("--config", required=True, help="training config JSON")
+    parser.add_argument("--stage", required=True, choices=STAGES, nargs="+", help="stages to run, in order")
+    parser.add_argument("--stop-after", type=int, default=None, help="stop after this step's checkpoint (testing)")
+    args = parser.parse_args(argv)
+    config = TrainingConfig.from_file(args.config)
+    for stage in args.stage:
+        train_stage(config, stage, stop_after=args.stop_after)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
