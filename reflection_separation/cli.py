@@ -17,9 +17,10 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from PIL import Image, ImageOps
@@ -100,9 +101,7 @@ def _resolve(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def collect_inputs(
-    specs: Sequence[str], out_dir: Path
-) -> tuple[list[InputItem], list[Path], list[str]]:
+def collect_inputs(specs: Sequence[str], out_dir: Path) -> tuple[list[InputItem], list[Path], list[str]]:
     """Expand files, folders and glob patterns into unique inputs with unique output names.
 
     Returns ``(items, folders, missing)``: the inputs in command-line order (folder contents and glob matches
@@ -285,7 +284,7 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, quiet: b
             # diffusers >= 0.36 renamed `torch_dtype` to `dtype`; the old name works on every supported version.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = ReflectionSeparationPipeline.from_pretrained(model, torch_dtype=dtype)
-    except Exception as exc:  # noqa: BLE001 - any loading failure is a usage problem for the CLI user
+    except Exception as exc:  # any loading failure is a usage problem for the CLI user
         raise UsageError(
             f"could not load the model from {model!r}: {type(exc).__name__}: {exc}\n"
             "pass --model with a saved ReflectionSeparationPipeline folder or a Hugging Face Hub id."
@@ -307,7 +306,9 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, quiet: b
 def _check_options(args: argparse.Namespace, pipe) -> None:
     multiple = pipe.image_processor.size_multiple
     if args.resolution is not None and 0 < args.resolution < multiple:
-        raise UsageError(f"--resolution must be 0 (native size) or at least {multiple} for this model, got {args.resolution}.")
+        raise UsageError(
+            f"--resolution must be 0 (native size) or at least {multiple} for this model, got {args.resolution}."
+        )
 
 
 class Reporter:
@@ -518,7 +519,9 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help="long side the image is processed at, 0 = native size (default: the model's); outputs keep the input size",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every image's own generator (default: 0)")
-    parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--device", default="auto", help="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."
+    )
     parser.add_argument(
         "--dtype",
         choices=tuple(DTYPES),
@@ -532,13 +535,18 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "--guidance-scale", type=_float_in(0.0, 1.0), help="relative guidance step size (default: the model's)"
     )
     parser.add_argument(
-        "--disjoint-strength", type=_float_in(0.0, 1.0), help="disjoint sampling k, 0 disables it (default: the model's)"
+        "--disjoint-strength",
+        type=_float_in(0.0, 1.0),
+        help="disjoint sampling k, 0 disables it (default: the model's)",
     )
     parser.add_argument(
         "--fgfm-strength", type=_float_in(0.0, 2.0), help="FGFM decoder w, 0 = plain VAE decoder (default: the model's)"
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=1, help="images per pipeline call; results do not depend on it (default: 1)"
+        "--batch-size",
+        type=_positive_int,
+        default=1,
+        help="images per pipeline call; results do not depend on it (default: 1)",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")
     parser.add_argument(
@@ -546,7 +554,9 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         action="store_true",
         help="allow OUT_DIR inside an input folder (this tool's outputs there are never taken as inputs)",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary; errors still go to stderr")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars or summary; errors still go to stderr"
+    )
     parser.set_defaults(handler=run_separate)
     return parser
 

@@ -56,7 +56,7 @@ STAGES = ("vae", "unet", "composition", "fgfm")
 
 @dataclass
 class StageConfig:
-    """Optimization settings of one stage."""
+    """Optimization settings of one stage; ``mixed_precision`` (``"no"``/``"bf16"``) overrides the run's."""
 
     steps: int = 1000
     batch_size: int = 8
@@ -73,6 +73,7 @@ class StageConfig:
     ema_decay: float | None = None
     gradient_checkpointing: bool = False
     num_workers: int = 0
+    mixed_precision: str | None = None
 
 
 @dataclass
@@ -147,10 +148,15 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
 
 
 def pixel_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 + 0.2 (1 - SSIM) on images in [-1, 1]."""
-    prediction, target = prediction.float(), target.float()
-    structural = 1 - ssim((prediction.clamp(-1, 1) + 1) / 2, (target + 1) / 2)
-    return F.l1_loss(prediction, target) + 0.2 * structural
+    """L1 + 0.2 (1 - SSIM) on images in [-1, 1], always in float32.
+
+    SSIM's variances are differences of close numbers (``E[x^2] - E[x]^2``); under bf16 autocast they are
+    noise and the gradient with them, which stopped our first GPU runs of the VAE and FGFM stages.
+    """
+    with torch.autocast(prediction.device.type, enabled=False):
+        prediction, target = prediction.float(), target.float()
+        structural = 1 - ssim((prediction.clamp(-1, 1) + 1) / 2, (target + 1) / 2)
+        return F.l1_loss(prediction, target) + 0.2 * structural
 
 
 def _to_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -445,7 +451,10 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
     crash would; rerunning resumes from the checkpoint.
     """
     settings = config.stages.get(stage, StageConfig())
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    precision = settings.mixed_precision or config.mixed_precision
+    if precision not in ("no", "bf16"):
+        raise ValueError(f"`mixed_precision` must be 'no' or 'bf16' (fp16 would need loss scaling), got {precision!r}.")
+    accelerator = Accelerator()
     stage_dir = Path(config.output_dir) / stage
     checkpoint_dir = stage_dir / "checkpoints"
 
@@ -497,7 +506,8 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
             batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
             sync = micro == accumulation - 1
             context = accelerator.no_sync(model) if not sync else _null_context()
-            with context, accelerator.autocast():
+            autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+            with context, autocast:
                 loss = model(batch, source.generator(step, micro)) / accumulation
                 accelerator.backward(loss)
             total += loss.detach().item()

@@ -10,7 +10,7 @@ from PIL import Image
 from reflection_separation import ReflectionSeparationPipeline
 from reflection_separation.components import build_pipeline
 from reflection_separation.data import SyntheticReflectionDataset
-from reflection_separation.training import STAGES, TrainingConfig, build_objective, main, ssim, train_stage
+from reflection_separation.training import STAGES, TrainingConfig, build_objective, main, pixel_loss, ssim, train_stage
 
 from .conftest import FAST, generator
 
@@ -112,3 +112,13 @@ def test_ssim_matches_known_values():
     assert abs(ssim(x, x).item() - 1.0) < 1e-6
     noisy = (x + 0.2 * torch.randn(x.shape, generator=generator(1))).clamp(0, 1)
     assert ssim(x, noisy).item() < 0.9
+
+
+def test_pixel_loss_is_float32_under_bf16_autocast():
+    prediction = torch.rand(2, 3, 32, 32, generator=generator(0)) * 2 - 1
+    target = torch.rand(2, 3, 32, 32, generator=generator(1)) * 2 - 1
+    reference = pixel_loss(prediction, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = pixel_loss(prediction, target)
+    assert autocast.dtype == torch.float32
+    assert abs(autocast.item() - reference.item()) < 1e-6
