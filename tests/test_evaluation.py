@@ -452,3 +452,22 @@ def test_run_evaluate_with_injected_loader(dsrnet_root, tmp_path, random_weights
     assert "T LPIPS↓" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser.parse_args(["--dataset-root", str(root), "--output", "x"])  # no source
+
+
+def test_evaluate_command_with_a_real_tiny_pipeline(dsrnet_root, tmp_path):
+    from reflection_separation.cli import main
+    from reflection_separation.components import build_pipeline
+
+    root, _ = dsrnet_root
+    pipe = build_pipeline()
+    pipe.register_to_config(default_denoising_steps=2, default_processing_resolution=32)
+    pipe.save_pretrained(tmp_path / "model")
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--dataset-root", str(root), "--pipeline", str(tmp_path / "model"), "--output", str(out),
+            "--sets", "real20", "objects"]
+    assert main(argv) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["summary"]) >= {"real20", "objects"}
+    assert np.isfinite(report["summary"]["objects"]["r_psnr"]) and report["summary"]["objects"]["count"] == 2
+    assert (out / "predictions" / "objects" / "a1_transmission.png").exists()
+    assert (out / "metrics.md").read_text().startswith("| Set")
