@@ -14,6 +14,9 @@ Losses:
 * ``fgfm``: only the fusion blocks train, VAE frozen; L1 + ``0.2 * (1 - SSIM)`` between the decoded layers
   and the true ones. The decoder is fed the true layers' latents perturbed by Gaussian noise of a random
   level in ``[0, fgfm_latent_noise]`` so the fusion learns to restore what sampling loses.
+* ``control``: not part of the method: a plain pixel-space U-Net regressor mapping the mixture to T and R
+  directly (what a discriminative method does), with the same data and L1 + SSIM loss, saved to
+  ``<output_dir>/control`` as the control of the ablation.
 
 Determinism and resume: batch ``k`` of step ``s`` draws dataset items and noise from generators seeded by
 ``(seed, s, k, process)``, so a run resumed from a checkpoint continues exactly as an uninterrupted run.
@@ -37,7 +40,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
@@ -46,12 +49,13 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .attention import set_cross_layer_attention
 from .components import ModelSizeConfig, build_pipeline
 from .composition import composition_loss
 from .data import SyntheticReflectionDataset, list_images
 from .pipeline import ReflectionSeparationPipeline
 
-STAGES = ("vae", "unet", "composition", "fgfm")
+STAGES = ("vae", "unet", "composition", "fgfm", "control")
 
 
 @dataclass
@@ -82,6 +86,9 @@ class TrainingConfig:
 
     ``model`` is one of ``{"from_scratch": {<ModelSizeConfig fields>}}``,
     ``{"stable_diffusion": "<hub id or folder>"}`` or ``{"pipeline": "<our pipeline folder>"}``.
+    ``cross_layer_attention`` overrides the pipeline's setting (False trains the paper's baseline UNet) and
+    ``reset_unet`` re-initializes the UNet of the starting model (e.g. to retrain it beside a trained VAE).
+    ``control_channels`` sizes the control regressor's U-Net.
     """
 
     output_dir: str
@@ -97,6 +104,9 @@ class TrainingConfig:
     validation_images: int = 4
     validation_inference_steps: int = 10
     fgfm_latent_noise: float = 0.3
+    cross_layer_attention: bool | None = None
+    reset_unet: bool = False
+    control_channels: tuple[int, ...] = (32, 64, 128, 256)
     push_to_hub: str | None = None
 
     @classmethod
@@ -109,6 +119,8 @@ class TrainingConfig:
         bad = set(stages) - set(STAGES)
         if bad:
             raise ValueError(f"Unknown stages {sorted(bad)}; valid stages: {STAGES}.")
+        if "control_channels" in values:
+            values["control_channels"] = tuple(values["control_channels"])
         config = cls(**values)
         config.stages = {name: StageConfig(**settings) for name, settings in stages.items()}
         return config
@@ -123,6 +135,10 @@ class TrainingConfig:
     @property
     def pipeline_dir(self) -> Path:
         return Path(self.output_dir) / "pipeline"
+
+    @property
+    def control_dir(self) -> Path:
+        return Path(self.output_dir) / "control"
 
 
 # ---------------------------------------------------------------------------- losses
@@ -262,6 +278,43 @@ class FGFMObjective(Objective):
         return pixel_loss(decoded, _to_model_range(layers))
 
 
+def build_control_regressor(channels: tuple[int, ...]) -> UNet2DModel:
+    """The control: a pixel-space U-Net from the mixture to ``[T, R]`` (6 channels), in [-1, 1]."""
+    return UNet2DModel(
+        in_channels=3,
+        out_channels=6,
+        block_out_channels=channels,
+        down_block_types=("DownBlock2D",) * len(channels),
+        up_block_types=("UpBlock2D",) * len(channels),
+        layers_per_block=2,
+        norm_num_groups=min(32, channels[0]),
+    )
+
+
+def run_control_regressor(regressor: UNet2DModel, mixture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixtures in [0, 1] ``(B, 3, H, W)`` -> predicted T and R in [0, 1], padding to the U-Net's multiple."""
+    multiple = 2 ** (len(regressor.config.block_out_channels) - 1)
+    height, width = mixture.shape[-2:]
+    padded = F.pad(_to_model_range(mixture), (0, -width % multiple, 0, -height % multiple), mode="replicate")
+    timestep = torch.zeros(mixture.shape[0], device=mixture.device)
+    output = regressor(padded.to(regressor.dtype), timestep).sample[..., :height, :width].float()
+    transmission, reflection = ((output.clamp(-1, 1) + 1) / 2).chunk(2, dim=1)
+    return transmission, reflection
+
+
+class ControlObjective(Objective):
+    def __init__(self, pipe: ReflectionSeparationPipeline, regressor: UNet2DModel) -> None:
+        super().__init__(pipe, regressor)
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        timestep = torch.zeros(batch["mixture"].shape[0], device=batch["mixture"].device)
+        output = self.trainable(_to_model_range(batch["mixture"]), timestep).sample
+        transmission, reflection = output.chunk(2, dim=1)
+        return pixel_loss(transmission, _to_model_range(batch["transmission"])) + pixel_loss(
+            reflection, _to_model_range(batch["reflection"])
+        )
+
+
 def build_objective(stage: str, pipe: ReflectionSeparationPipeline, config: TrainingConfig) -> Objective:
     if stage == "vae":
         return VAEObjective(pipe)
@@ -271,6 +324,11 @@ def build_objective(stage: str, pipe: ReflectionSeparationPipeline, config: Trai
         return CompositionObjective(pipe)
     if stage == "fgfm":
         return FGFMObjective(pipe, config.fgfm_latent_noise)
+    if stage == "control":
+        if (config.control_dir / "config.json").exists():
+            return ControlObjective(pipe, UNet2DModel.from_pretrained(config.control_dir))
+        torch.manual_seed(config.seed)
+        return ControlObjective(pipe, build_control_regressor(config.control_channels))
     raise ValueError(f"Unknown stage {stage!r}; choose one of {STAGES}.")
 
 
@@ -302,15 +360,25 @@ def prepare_photos(config: TrainingConfig) -> Path:
 def load_pipeline(config: TrainingConfig) -> ReflectionSeparationPipeline:
     """The pipeline the next stage starts from: the run's saved pipeline, else one built from ``config.model``."""
     if (config.pipeline_dir / "model_index.json").exists():
-        return ReflectionSeparationPipeline.from_pretrained(config.pipeline_dir)
-    (kind, value), = config.model.items()
-    if kind == "from_scratch":
-        return build_pipeline(ModelSizeConfig.from_dict(value), seed=config.seed)
-    if kind == "stable_diffusion":
-        return ReflectionSeparationPipeline.from_stable_diffusion(value)
-    if kind == "pipeline":
-        return ReflectionSeparationPipeline.from_pretrained(value)
-    raise ValueError(f"`model` must be one of from_scratch, stable_diffusion, pipeline; got {kind!r}.")
+        pipe = ReflectionSeparationPipeline.from_pretrained(config.pipeline_dir)
+    else:
+        (kind, value), = config.model.items()
+        if kind == "from_scratch":
+            pipe = build_pipeline(ModelSizeConfig.from_dict(value), seed=config.seed)
+        elif kind == "stable_diffusion":
+            pipe = ReflectionSeparationPipeline.from_stable_diffusion(value)
+        elif kind == "pipeline":
+            pipe = ReflectionSeparationPipeline.from_pretrained(value)
+        else:
+            raise ValueError(f"`model` must be one of from_scratch, stable_diffusion, pipeline; got {kind!r}.")
+        if config.reset_unet:
+            torch.manual_seed(config.seed)
+            pipe.unet = UNet2DConditionModel.from_config(pipe.unet.config)
+            set_cross_layer_attention(pipe.unet, pipe.config.cross_layer_attention)
+    if config.cross_layer_attention is not None:
+        pipe.register_to_config(cross_layer_attention=config.cross_layer_attention)
+        set_cross_layer_attention(pipe.unet, config.cross_layer_attention)
+    return pipe
 
 
 def _seed(*parts: int) -> int:
@@ -404,9 +472,10 @@ def _memory_gib(device: torch.device) -> float:
 
 
 def validate(
-    stage: str, pipe: ReflectionSeparationPipeline, batch: dict[str, torch.Tensor], config: TrainingConfig, path: Path
+    stage: str, objective: Objective, batch: dict[str, torch.Tensor], config: TrainingConfig, path: Path
 ) -> dict[str, float]:
     """Stage-specific validation numbers on held-out synthetic mixtures, plus an image sheet at ``path``."""
+    pipe = objective.pipe
     device = pipe.unet.device
     batch = {k: v.to(device) for k, v in batch.items()}
     metrics: dict[str, float] = {}
@@ -414,6 +483,11 @@ def validate(
         if stage == "vae":
             reconstruction = pipe.vae.decode(pipe.vae.encode(_to_model_range(batch["mixture"])).latent_dist.mode()).sample
             shown = [batch["mixture"], (reconstruction.clamp(-1, 1) + 1) / 2]
+        elif stage == "control":
+            transmission, reflection = run_control_regressor(objective.trainable, batch["mixture"])
+            shown = [batch["mixture"], transmission, batch["transmission"], reflection, batch["reflection"]]
+            metrics["val_psnr_t"] = _psnr(transmission, batch["transmission"])
+            metrics["val_psnr_r"] = _psnr(reflection, batch["reflection"])
         elif stage == "composition":
             latents = [pipe.encode_mixture(_to_model_range(batch[k]))[0] for k in ("transmission", "reflection", "mixture")]
             metrics["val_l_comp"] = composition_loss(pipe.composition_net, *latents).mean().item()
@@ -540,7 +614,7 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
 
         if done % settings.validation_steps == 0 and accelerator.is_main_process:
             model.eval()
-            metrics = validate(stage, pipe, val_batch, config, stage_dir / "validation" / f"step-{done:06d}.png")
+            metrics = validate(stage, objective, val_batch, config, stage_dir / "validation" / f"step-{done:06d}.png")
             _append_log(log_path, {"stage": stage, "step": done, **metrics})
             accelerator.print(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
@@ -553,7 +627,9 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
 
     if ema is not None:
         ema.copy_to(parameters)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and stage == "control":
+        objective.trainable.save_pretrained(config.control_dir)
+    elif accelerator.is_main_process:
         objective.finalize(accelerator, (val_batch for _ in iter(int, 1)))
         pipe.to("cpu")
         pipe.save_pretrained(config.pipeline_dir)
@@ -561,7 +637,7 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
             pipe.push_to_hub(config.push_to_hub)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return config.pipeline_dir
+    return config.control_dir if stage == "control" else config.pipeline_dir
 
 
 class _null_context:

@@ -8,9 +8,19 @@ import torch
 from PIL import Image
 
 from reflection_separation import ReflectionSeparationPipeline
+from reflection_separation.attention import uses_cross_layer_attention
 from reflection_separation.components import build_pipeline
 from reflection_separation.data import SyntheticReflectionDataset
-from reflection_separation.training import STAGES, TrainingConfig, build_objective, main, pixel_loss, ssim, train_stage
+from reflection_separation.training import (
+    STAGES,
+    TrainingConfig,
+    build_objective,
+    load_pipeline,
+    main,
+    pixel_loss,
+    ssim,
+    train_stage,
+)
 
 from .conftest import FAST, generator
 
@@ -32,7 +42,7 @@ def run_config(photos, output_dir, steps=6, ema=None) -> TrainingConfig:
     return TrainingConfig.from_dict({
         "output_dir": str(output_dir), "photos": str(photos), "resolution": 32, "num_samples": 64,
         "validation_images": 2, "validation_fraction": 0.4, "validation_inference_steps": 2,
-        "stages": {name: stage for name in STAGES},
+        "control_channels": [8, 16], "stages": {name: stage for name in STAGES},
     })
 
 
@@ -87,7 +97,7 @@ def test_all_stages_from_the_command_line_give_a_loadable_pipeline(photos, tmp_p
     config_path.write_text(json.dumps({
         "output_dir": config.output_dir, "photos": config.photos, "resolution": 32, "num_samples": 64,
         "validation_images": 2, "validation_fraction": 0.4, "validation_inference_steps": 2,
-        "stages": {name: {"steps": 3, "batch_size": 2, "validation_steps": 3} for name in STAGES},
+        "control_channels": [8, 16], "stages": {name: {"steps": 3, "batch_size": 2, "validation_steps": 3} for name in STAGES},
     }))
     assert main(["--config", str(config_path), "--stage", *STAGES]) == 0
     pipe = ReflectionSeparationPipeline.from_pretrained(config.pipeline_dir)
@@ -96,6 +106,8 @@ def test_all_stages_from_the_command_line_give_a_loadable_pipeline(photos, tmp_p
     out = pipe(np.random.default_rng(0).random((40, 40, 3), dtype=np.float32), generator=generator(0), **FAST)
     assert out.transmission.shape == (1, 40, 40, 3)
     assert (tmp_path / "run" / "unet" / "validation" / "step-000003.png").exists()
+    assert (tmp_path / "run" / "control" / "diffusion_pytorch_model.safetensors").exists()
+    assert (tmp_path / "run" / "control" / "validation" / "step-000003.png").exists()
 
 
 def test_config_errors_are_clear(tmp_path):
@@ -122,3 +134,17 @@ def test_pixel_loss_is_float32_under_bf16_autocast():
         autocast = pixel_loss(prediction, target)
     assert autocast.dtype == torch.float32
     assert abs(autocast.item() - reference.item()) < 1e-6
+
+
+def test_baseline_overrides_turn_off_clsa_and_reset_the_unet(photos, tmp_path):
+    trained = build_pipeline()
+    torch.nn.init.normal_(trained.unet.conv_out.weight)
+    trained.save_pretrained(tmp_path / "trained")
+    config = TrainingConfig.from_dict({
+        "output_dir": str(tmp_path / "baseline"), "photos": str(photos),
+        "model": {"pipeline": str(tmp_path / "trained")}, "cross_layer_attention": False, "reset_unet": True,
+    })
+    pipe = load_pipeline(config)
+    assert not uses_cross_layer_attention(pipe.unet) and pipe.config.cross_layer_attention is False
+    assert not torch.equal(pipe.unet.conv_out.weight, trained.unet.conv_out.weight)
+    assert torch.equal(pipe.vae.decoder.conv_out.weight, trained.vae.decoder.conv_out.weight)
