@@ -60,7 +60,10 @@ STAGES = ("vae", "unet", "composition", "fgfm", "control")
 
 @dataclass
 class StageConfig:
-    """Optimization settings of one stage; ``mixed_precision`` (``"no"``/``"bf16"``) overrides the run's."""
+    """Optimization settings of one stage; ``mixed_precision`` (``"no"``/``"bf16"``) overrides the run's.
+
+    ``channels_last`` stores the pipeline's convolutional models in NHWC, which cuDNN often runs faster.
+    """
 
     steps: int = 1000
     batch_size: int = 8
@@ -78,6 +81,7 @@ class StageConfig:
     gradient_checkpointing: bool = False
     num_workers: int = 0
     mixed_precision: str | None = None
+    channels_last: bool = False
 
 
 @dataclass
@@ -536,8 +540,15 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
     pipe.set_progress_bar_config(disable=True)
     if stage == "vae" and "from_scratch" not in config.model:
         raise ValueError("The `vae` stage trains an autoencoder from scratch; pretrained models keep their VAE.")
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     pipe.to(accelerator.device)
     objective = build_objective(stage, pipe, config)
+    if settings.channels_last:
+        for module in (pipe.vae, pipe.unet, pipe.composition_net, objective.trainable):
+            module.to(memory_format=torch.channels_last)
     if settings.gradient_checkpointing and hasattr(objective.trainable, "enable_gradient_checkpointing"):
         objective.trainable.enable_gradient_checkpointing()
     parameters = [p for p in objective.trainable.parameters() if p.requires_grad]

@@ -97,7 +97,7 @@ def test_all_stages_from_the_command_line_give_a_loadable_pipeline(photos, tmp_p
     config_path.write_text(json.dumps({
         "output_dir": config.output_dir, "photos": config.photos, "resolution": 32, "num_samples": 64,
         "validation_images": 2, "validation_fraction": 0.4, "validation_inference_steps": 2,
-        "control_channels": [8, 16], "stages": {name: {"steps": 3, "batch_size": 2, "validation_steps": 3} for name in STAGES},
+        "control_channels": [8, 16], "stages": {name: {"steps": 3, "batch_size": 2, "validation_steps": 3, "channels_last": True} for name in STAGES},
     }))
     assert main(["--config", str(config_path), "--stage", *STAGES]) == 0
     pipe = ReflectionSeparationPipeline.from_pretrained(config.pipeline_dir)
