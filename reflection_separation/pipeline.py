@@ -517,3 +517,32 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         return self.vae.decode(
             latents, mixture_features=mixture_features, fgfm_strength=fgfm_strength, return_dict=False
         )[0]
+
+    # ------------------------------------------------------------------ saving with code, loading (hub.py)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """``DiffusionPipeline.save_pretrained`` plus the code of the custom classes, copied from this package.
+
+        The folder (and a Hub repo written by ``push_to_hub`` or ``push_to_hub=True``) loads without this package:
+        ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``; with it installed,
+        ``ReflectionSeparationPipeline.from_pretrained(folder)`` uses the installed classes. ``pipeline_code=False``
+        saves only the components' code (for the single-file community pipeline). See ``hub.py``.
+        """
+        from .hub import save_pipeline
+
+        save_pipeline(self, save_directory, super().save_pretrained, **kwargs)
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
+        from .hub import use_installed_pipeline_class
+
+        return use_installed_pipeline_class(super()._dict_from_json_file(json_file))
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        from .hub import use_installed_component_classes
+
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        use_installed_component_classes(cls, config)
+        return loaded

@@ -18,8 +18,11 @@ Losses:
   directly (what a discriminative method does), with the same data and L1 + SSIM loss, saved to
   ``<output_dir>/control`` as the control of the ablation.
 
-Determinism and resume: batch ``k`` of step ``s`` draws dataset items and noise from generators seeded by
-``(seed, s, k, process)``, so a run resumed from a checkpoint continues exactly as an uninterrupted run.
+Determinism, resume and scaling: micro-batch ``k`` of step ``s`` draws its global batch of dataset items from
+a generator seeded by ``(seed, s, k)``, and each sample its noise and timestep from a generator seeded by
+``(seed, s, k, position in the global batch)``. A run resumed from a checkpoint therefore continues exactly as
+an uninterrupted run, and N processes with per-process batch B/N see the same samples and noise as one
+process with batch B (tested with two CPU processes).
 Checkpoints are ``accelerate`` states (weights as safetensors; optimizer state as accelerate saves it) plus
 the EMA weights as safetensors.
 """
@@ -183,11 +186,22 @@ def _to_model_range(images: torch.Tensor) -> torch.Tensor:
     return images * 2 - 1
 
 
+def per_sample_randn(shape: tuple[int, ...], generators: list[torch.Generator], like: torch.Tensor) -> torch.Tensor:
+    """Noise of ``shape = (k * B, ...)`` whose rows ``b, B + b, 2B + b, ...`` come from ``generators[b]``.
+
+    Rows are stacked by layer (e.g. ``[T rows; R rows]``), so each sample's rows depend on its generator only.
+    """
+    per = shape[0] // len(generators)
+    draws = torch.stack([torch.randn((per, *shape[1:]), generator=g) for g in generators], dim=1)
+    return draws.reshape(shape).to(like)
+
+
 # ---------------------------------------------------------------------------- objectives
 
 
 class Objective(nn.Module):
-    """A stage: ``forward(batch, generator)`` returns the loss; ``trainable`` is what the optimizer updates."""
+    """A stage: ``forward(batch, generators)`` returns the loss, with one generator per sample for its noise;
+    ``trainable`` is what the optimizer updates."""
 
     def __init__(self, pipe: ReflectionSeparationPipeline, trainable: nn.Module) -> None:
         super().__init__()
@@ -214,10 +228,10 @@ class VAEObjective(Objective):
         for name, parameter in pipe.vae.named_parameters():
             parameter.requires_grad_(not name.startswith("fgfm_fusions."))
 
-    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    def forward(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
         images = _to_model_range(torch.cat([batch["transmission"], batch["mixture"]]))
         posterior = self.trainable.encode(images).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
+        noise = per_sample_randn(tuple(posterior.mean.shape), generators, posterior.mean)
         latents = posterior.mean + posterior.std * noise
         reconstruction = self.trainable.decode(latents).sample
         return pixel_loss(reconstruction, images) + 1e-6 * posterior.kl().mean()
@@ -238,13 +252,14 @@ class UNetObjective(Objective):
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.register_buffer("prompt_pair", pipe.encode_layer_prompts(pipe.unet.device).detach(), persistent=False)
 
-    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    def forward(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
         mixture = self.encode(batch["mixture"])
         clean = torch.cat([self.encode(batch["transmission"]), self.encode(batch["reflection"])])
         size = mixture.shape[0]
         num_train = self.noise_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, num_train, (size,), generator=generator).repeat(2).to(clean.device)
-        noise = torch.randn(clean.shape, generator=generator).to(clean)
+        timesteps = torch.cat([torch.randint(0, num_train, (1,), generator=g) for g in generators])
+        timesteps = timesteps.repeat(2).to(clean.device)
+        noise = per_sample_randn(tuple(clean.shape), generators, clean)
         noisy = self.noise_scheduler.add_noise(clean, noise, timesteps)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(clean, noise, timesteps)
@@ -260,7 +275,7 @@ class CompositionObjective(Objective):
     def __init__(self, pipe: ReflectionSeparationPipeline) -> None:
         super().__init__(pipe, pipe.composition_net)
 
-    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    def forward(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
         latents = [self.encode(batch[key]) for key in ("transmission", "reflection", "mixture")]
         return composition_loss(self.trainable, *latents).mean()
 
@@ -270,14 +285,14 @@ class FGFMObjective(Objective):
         super().__init__(pipe, pipe.vae.fgfm_fusions)
         self.latent_noise = latent_noise
 
-    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    def forward(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
         vae = self.pipe.vae
         with torch.no_grad():
             _, features = self.pipe.encode_mixture(_to_model_range(batch["mixture"]))
         layers = torch.cat([batch["transmission"], batch["reflection"]])
         latents = self.encode(layers)
-        levels = torch.rand((latents.shape[0], 1, 1, 1), generator=generator).to(latents) * self.latent_noise
-        latents = latents + levels * torch.randn(latents.shape, generator=generator).to(latents)
+        levels = per_sample_randn((latents.shape[0], 1, 1, 1), generators, latents).abs() * self.latent_noise
+        latents = latents + levels * per_sample_randn(tuple(latents.shape), generators, latents)
         decoded = vae.decode(latents / vae.config.scaling_factor, mixture_features=features, fgfm_strength=1.0).sample
         return pixel_loss(decoded, _to_model_range(layers))
 
@@ -310,7 +325,7 @@ class ControlObjective(Objective):
     def __init__(self, pipe: ReflectionSeparationPipeline, regressor: UNet2DModel) -> None:
         super().__init__(pipe, regressor)
 
-    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    def forward(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
         timestep = torch.zeros(batch["mixture"].shape[0], device=batch["mixture"].device)
         output = self.trainable(_to_model_range(batch["mixture"]), timestep).sample
         transmission, reflection = output.chunk(2, dim=1)
@@ -411,8 +426,10 @@ class BatchSource:
         items = [self.dataset[i] for i in self.indices(step, micro)]
         return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
-    def generator(self, step: int, micro: int) -> torch.Generator:
-        return torch.Generator().manual_seed(_seed(self.seed + 1, step, micro, self.process))
+    def generators(self, step: int, micro: int) -> list[torch.Generator]:
+        """One generator per local sample, seeded by the sample's position in the global batch."""
+        positions = range(self.batch_size * self.num_processes)[self.process :: self.num_processes]
+        return [torch.Generator().manual_seed(_seed(self.seed + 1, step, micro, p)) for p in positions]
 
 
 class PrefetchingBatches:
@@ -593,9 +610,9 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
             context = accelerator.no_sync(model) if not sync else _null_context()
             autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
             with context, autocast:
-                loss = model(batch, source.generator(step, micro)) / accumulation
+                loss = model(batch, source.generators(step, micro)) / accumulation
                 accelerator.backward(loss)
-            total += loss.detach().item()
+            total += accelerator.reduce(loss.detach(), reduction="mean").item()
             images_seen += batch["mixture"].shape[0] * accelerator.num_processes
         grad_norm = accelerator.clip_grad_norm_(parameters, settings.max_grad_norm)
         optimizer.step()
