@@ -114,7 +114,8 @@ def code_files(pipe, index: dict[str, Any], pipeline_code: bool = True) -> dict[
     for component, library, _ in _component_entries(index):
         if not is_custom_library(library):
             continue
-        source = source_file(getattr(pipe, component))
+        module = getattr(pipe, component)
+        source = source_file(getattr(module, "_orig_mod", module))  # torch.compile wraps the model
         if relative_imports(source):
             raise ValueError(f"{source} must be self-contained (no relative imports) to be saved with `{component}`.")
         stem = COMPONENT_FILES.get(component, f"{component}_{source.stem}")
@@ -218,7 +219,6 @@ def use_installed_component_classes(pipeline_class: type, config: dict[str, Any]
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-COMMUNITY_PATH = Path("examples/community/pipeline_reflection_separation.py")
 _CUT_MARKER = "# -- package tools, left out of the community file"
 
 COMMUNITY_HEADER = '''"""Reflection separation: a photo taken through glass -> transmission and reflection, as one diffusers file.

@@ -177,7 +177,7 @@ def _load_without_package(tmp_path: Path, source: str | Path, **options) -> tupl
 
 def _assert_same_outputs(actual: tuple[np.ndarray, np.ndarray], expected: tuple[np.ndarray, np.ndarray]) -> None:
     # identical weights; CPU kernels may take another path for differently aligned buffers (~1e-6)
-    for a, b in zip(actual, expected):
+    for a, b in zip(actual, expected, strict=True):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -274,9 +274,19 @@ def test_community_file_loads_without_the_package(exported, tmp_path):
     assert index["_class_name"] == "ReflectionSeparationPipeline"
     assert index["vae"] == ["fgfm_vae", "FGFMAutoencoderKL"]
     assert not list(folder.glob("*.py"))
-    *outputs, info = _load_without_package(tmp_path, folder, kwargs={"custom_pipeline": str(COMMUNITY_FILE)})
+    resaved = tmp_path / "resaved"
+    *outputs, info = _load_without_package(
+        tmp_path, folder, kwargs={"custom_pipeline": str(COMMUNITY_FILE)}, resave=str(resaved)
+    )
     _assert_same_outputs(outputs, reference)
     assert Path(info["pipeline_file"]).read_bytes() == COMMUNITY_FILE.read_bytes()
+    # saved from the single file, the folder carries that file as its pipeline code (no siblings needed)
+    assert json.loads((resaved / "model_index.json").read_text())["_class_name"] == [
+        "pipeline_reflection_separation", "ReflectionSeparationPipeline",
+    ]
+    assert (resaved / "pipeline_reflection_separation.py").read_bytes() == COMMUNITY_FILE.read_bytes()
+    assert {p.name for p in resaved.glob("*.py")} == {"pipeline_reflection_separation.py"}
+    assert (resaved / "vae" / "fgfm_vae.py").read_bytes() == (PACKAGE_DIR / "vae.py").read_bytes()
 
 
 # ---------------------------------------------------------------------- loading with our package

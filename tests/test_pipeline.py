@@ -115,7 +115,7 @@ def test_save_and_load_round_trip(tiny_pipe, rng, tmp_path):
     tiny_pipe.register_to_config(default_denoising_steps=3, default_processing_resolution=64)
     tiny_pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["vae"] == ["reflection_separation.vae", "FGFMAutoencoderKL"]
+    assert index["vae"] == ["fgfm_vae", "FGFMAutoencoderKL"]
     assert index["default_processing_resolution"] == 64
     assert not list(tmp_path.rglob("*.bin")) and list(tmp_path.rglob("*.safetensors"))
     loaded = ReflectionSeparationPipeline.from_pretrained(tmp_path)

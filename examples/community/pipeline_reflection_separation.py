@@ -413,7 +413,8 @@ def code_files(pipe, index: dict[str, Any], pipeline_code: bool = True) -> dict[
     for component, library, _ in _component_entries(index):
         if not is_custom_library(library):
             continue
-        source = source_file(getattr(pipe, component))
+        module = getattr(pipe, component)
+        source = source_file(getattr(module, "_orig_mod", module))  # torch.compile wraps the model
         if relative_imports(source):
             raise ValueError(f"{source} must be self-contained (no relative imports) to be saved with `{component}`.")
         stem = COMPONENT_FILES.get(component, f"{component}_{source.stem}")
