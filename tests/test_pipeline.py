@@ -182,3 +182,36 @@ def test_from_stable_diffusion_starts_as_sd_on_the_zt_slot(tmp_path, rng, predic
     pipe.set_progress_bar_config(disable=True)
     out = pipe(random_image(rng), generator=generator(0), **FAST)
     assert out.transmission.shape == (1, 48, 40, 3)
+
+
+def test_tiled_mode_runs_tiles_only_and_stitches_to_full_size(tiny_pipe, rng):
+    image = random_image(rng, 72, 100)
+    shapes = []
+
+    def record(pipe, step, timestep, tensors):
+        shapes.append(tuple(tensors["latents"].shape))
+        return {}
+
+    kwargs = {**FAST, "processing_resolution": 0, "generator": generator(0)}
+    out = tiny_pipe(image, tile_size=32, tile_overlap=8, batch_size=4, callback_on_step_end=record,
+                    callback_on_step_end_tensor_inputs=["latents"], **kwargs)
+    assert out.transmission.shape == (1, 72, 100, 3) and np.isfinite(out.reflection).all()
+    # the UNet only ever saw 32x32-pixel tiles (16x16 latents), four tiles [T; R] per batch at most
+    assert {shape[-2:] for shape in shapes} == {(16, 16)} and max(shape[0] for shape in shapes) == 8
+    whole = tiny_pipe(image, tile_size=128, **{**kwargs, "generator": generator(0)})
+    untiled = tiny_pipe(image, **{**kwargs, "generator": generator(0)})
+    assert np.array_equal(whole.transmission, untiled.transmission)  # one tile covering all = no tiling
+
+
+def test_tiled_batch_size_does_not_change_results(tiny_pipe, rng):
+    image = random_image(rng, 72, 100)
+    kwargs = {**FAST, "processing_resolution": 0, "tile_size": 32, "tile_overlap": 8}
+    a = tiny_pipe(image, batch_size=1, generator=[generator(3)], **kwargs)
+    b = tiny_pipe(image, batch_size=6, generator=[generator(3)], **kwargs)
+    np.testing.assert_allclose(a.transmission, b.transmission, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"tile_size": 30}, "multiple of 4"), ({"tile_size": 32, "tile_overlap": 16}, "tile_overlap")])
+def test_invalid_tile_arguments(tiny_pipe, rng, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_pipe(random_image(rng), **{**FAST, **kwargs})

@@ -806,6 +806,72 @@ class DisjointSampling:
         return from_epsilon(epsilon, model_input, self.alpha_prod(timestep), self.prediction_type)
 
 
+# -------------------- reflection_separation/tiling.py --------------------
+
+# Overlapping tiles for photos larger than the model should see at once.
+#
+# A tile is separated like a whole image (both branches of a tile together, so CLSA still pairs them), and the
+# tiles' outputs are blended back with weights that ramp linearly across each overlap, so seams fade instead
+# of showing as edges. Memory then depends on the tile size, not on the photo size.
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``[0, length)`` with at least ``overlap`` shared pixels."""
+    if tile >= length:
+        return [0]
+    if not 0 <= overlap < tile:
+        raise ValueError(f"`tile_overlap` must be in [0, tile size), got {overlap} for tiles of {tile}.")
+    stride = tile - overlap
+    count = -(-(length - overlap) // stride)  # ceil
+    starts = [min(i * stride, length - tile) for i in range(count)]
+    return sorted(set(starts))
+
+
+def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """``(top, left, bottom, right)`` of every tile, row by row."""
+    return [
+        (top, left, min(top + tile, height), min(left + tile, width))
+        for top in tile_starts(height, tile, overlap)
+        for left in tile_starts(width, tile, overlap)
+    ]
+
+
+def _ramp(length: int, before: int, after: int) -> torch.Tensor:
+    """1 in the middle, rising linearly over ``before`` pixels and falling over ``after`` pixels."""
+    weights = torch.ones(length)
+    if before > 0:
+        weights[:before] = torch.arange(1, before + 1) / (before + 1)
+    if after > 0:
+        weights[length - after :] = torch.minimum(weights[length - after :], torch.arange(after, 0, -1) / (after + 1))
+    return weights
+
+
+def _axis_ramps(starts: list[int], length: int, tile: int) -> list[torch.Tensor]:
+    """Per tile along one axis: weights ramping over the overlap with the previous and the next tile."""
+    ramps = []
+    for i, start in enumerate(starts):
+        end = min(start + tile, length)
+        before = min(starts[i - 1] + tile, length) - start if i > 0 else 0
+        after = end - starts[i + 1] if i + 1 < len(starts) else 0
+        ramps.append(_ramp(end - start, max(before, 0), max(after, 0)))
+    return ramps
+
+
+def blend_tiles(tiles: list[torch.Tensor], height: int, width: int, tile: int, overlap: int) -> torch.Tensor:
+    """Weighted average of the ``(C, h, w)`` tiles of :func:`tile_boxes` (same order) into ``(C, height, width)``."""
+    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    ramps_y, ramps_x = _axis_ramps(ys, height, tile), _axis_ramps(xs, width, tile)
+    device = tiles[0].device
+    total = torch.zeros(tiles[0].shape[0], height, width, dtype=torch.float32, device=device)
+    weight_sum = torch.zeros(1, height, width, dtype=torch.float32, device=device)
+    boxes = tile_boxes(height, width, tile, overlap)
+    for index, (tile_image, (top, left, bottom, right)) in enumerate(zip(tiles, boxes)):
+        weights = (ramps_y[index // len(xs)][:, None] * ramps_x[index % len(xs)][None, :]).to(device)
+        total[:, top:bottom, left:right] += tile_image.float() * weights
+        weight_sum[:, top:bottom, left:right] += weights
+    return total / weight_sum
+
+
 # -------------------- reflection_separation/vae.py --------------------
 
 # FGFM-augmented ``AutoencoderKL``: Fidelity-Guided Feature Modulation of the decoder.
@@ -1232,6 +1298,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         num_images: int,
         generator: torch.Generator | list[torch.Generator] | None,
         callback_on_step_end_tensor_inputs: list[str] | None,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
     ) -> None:
         """Validate call arguments; raise ``ValueError``/``TypeError`` naming the argument and its valid values."""
 
@@ -1276,6 +1344,11 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                 raise TypeError("`generator` list must hold only `torch.Generator` objects.")
         elif generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"`generator` must be a `torch.Generator` or a list of them, got {type(generator).__name__}.")
+        multiple = self.image_processor.size_multiple
+        if tile_size is not None and (not is_int(tile_size) or tile_size < multiple or tile_size % multiple):
+            raise ValueError(f"`tile_size` must be None or a positive multiple of {multiple}, got {tile_size!r}.")
+        if tile_size is not None and (not is_int(tile_overlap) or not 0 <= tile_overlap < tile_size // 2):
+            raise ValueError(f"`tile_overlap` must be an integer in [0, tile_size / 2), got {tile_overlap!r}.")
         if callback_on_step_end_tensor_inputs is not None:
             unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
             if unknown:
@@ -1325,6 +1398,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         max_input_size: int | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
     ) -> ReflectionSeparationPipelineOutput | tuple:
         """Separate each image into transmission and reflection.
 
@@ -1349,6 +1424,10 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                 scheduler step; may return replacements for ``latents``.
             callback_on_step_end_tensor_inputs: names from ``_callback_tensor_inputs`` passed to the callback.
             max_input_size: largest accepted image side in pixels (default from the config).
+            tile_size: separate images larger than this (at the processing resolution) in overlapping square
+                tiles of this side, blended across ``tile_overlap`` pixels, so memory depends on the tile, not
+                the photo; each tile's two layers still run together. ``None`` processes whole images.
+            tile_overlap: pixels shared by neighbouring tiles (default: a quarter of ``tile_size``).
         """
         config = self.config
         num_inference_steps = num_inference_steps if num_inference_steps is not None else config.default_denoising_steps
@@ -1360,6 +1439,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         guidance_scale = guidance_scale if guidance_scale is not None else config.default_guidance_scale
         guidance_steps = guidance_steps if guidance_steps is not None else config.default_guidance_steps
         max_input_size = max_input_size if max_input_size is not None else config.max_input_size
+        if tile_overlap is None and isinstance(tile_size, int):
+            tile_overlap = tile_size // 4
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
@@ -1378,6 +1459,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             len(tensors),
             generator,
             callback_on_step_end_tensor_inputs,
+            tile_size,
+            tile_overlap,
         )
         self.image_processor.check_size(tensors, config.min_input_size, max_input_size)
         device = self._execution_device
@@ -1394,20 +1477,30 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         sampler = DisjointSampling(self.scheduler)
         step_kwargs_accepted = set(inspect.signature(self.scheduler.step).parameters)
 
-        # 3. Preprocess and group consecutive images of the same processed size into batches.
+        # 3. Preprocess; cut images larger than `tile_size` into overlapping tiles; group consecutive work units
+        # (images or tiles) of the same size into batches.
         prepared = [self.image_processor.preprocess(t, processing_resolution) for t in tensors]
-        chunks: list[list[int]] = []
+        units: list[tuple[int, torch.Tensor]] = []  # (image index, pixels)
+        tiled: dict[int, list[tuple[int, int, int, int]]] = {}
         for index, (pixels, _, _) in enumerate(prepared):
-            if chunks and len(chunks[-1]) < batch_size and prepared[chunks[-1][0]][0].shape == pixels.shape:
-                chunks[-1].append(index)
+            height, width = pixels.shape[-2:]
+            if tile_size is not None and max(height, width) > tile_size:
+                tiled[index] = tile_boxes(height, width, tile_size, tile_overlap)
+                units.extend((index, pixels[..., t:b, l:r]) for t, l, b, r in tiled[index])
             else:
-                chunks.append([index])
+                units.append((index, pixels))
+        chunks: list[list[int]] = []
+        for position, (_, pixels) in enumerate(units):
+            if chunks and len(chunks[-1]) < batch_size and units[chunks[-1][0]][1].shape == pixels.shape:
+                chunks[-1].append(position)
+            else:
+                chunks.append([position])
 
-        transmissions: list[torch.Tensor] = [None] * len(tensors)
-        reflections: list[torch.Tensor] = [None] * len(tensors)
+        decoded_units: list[torch.Tensor] = [None] * len(units)
         self._num_timesteps = num_inference_steps
         for chunk in self.progress_bar(chunks, desc="Images", leave=True):
-            pixels = torch.cat([prepared[i][0] for i in chunk]).to(device=device, dtype=self.vae.dtype)
+            images = [units[position][0] for position in chunk]
+            pixels = torch.cat([units[position][1] for position in chunk]).to(device=device, dtype=self.vae.dtype)
             batch = len(chunk)
 
             # 4. Encode the mixture (posterior mode) and keep its features for FGFM.
@@ -1416,11 +1509,11 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
 
             # 5. Initial noise [T rows; R rows].
             self.scheduler.set_timesteps(num_inference_steps, device=device)
-            latents = self._initial_noise(chunk, tuple(mixture_latents.shape[1:]), generator, device, self.unet.dtype)
+            latents = self._initial_noise(images, tuple(mixture_latents.shape[1:]), generator, device, self.unet.dtype)
             latents = latents * self.scheduler.init_noise_sigma
             step_generator = generator
             if isinstance(generator, list):
-                step_generator = [generator[i] for i in chunk] * 2
+                step_generator = [generator[i] for i in images] * 2
             step_kwargs = {"generator": step_generator} if "generator" in step_kwargs_accepted else {}
 
             # 6. Denoise.
@@ -1450,13 +1543,24 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                     callback_outputs = callback_on_step_end(self, step, t, callback_kwargs)
                     latents = (callback_outputs or {}).get("latents", latents)
 
-            # 7. Decode with FGFM, remove padding, resize back.
+            # 7. Decode with FGFM; rows [T; R] of each unit.
             decoded = self.decode_latents(latents, mixture_features, fgfm_strength)
-            for row, index in enumerate(chunk):
-                _, padding, original_size = prepared[index]
-                size = original_size if match_input_resolution else None
-                transmissions[index] = self.image_processor.postprocess(decoded[row : row + 1], padding, size)[0]
-                reflections[index] = self.image_processor.postprocess(decoded[batch + row : batch + row + 1], padding, size)[0]
+            for row, position in enumerate(chunk):
+                decoded_units[position] = torch.stack([decoded[row], decoded[batch + row]])
+
+        # 8. Blend tiles, remove padding, resize back.
+        transmissions: list[torch.Tensor] = []
+        reflections: list[torch.Tensor] = []
+        for index, (pixels, padding, original_size) in enumerate(prepared):
+            layers = [decoded_units[p] for p, (image, _) in enumerate(units) if image == index]
+            if index in tiled:
+                height, width = pixels.shape[-2:]
+                joined = blend_tiles([layer.flatten(0, 1) for layer in layers], height, width, tile_size, tile_overlap)
+                layers = [joined.unflatten(0, (2, -1))]
+            size = original_size if match_input_resolution else None
+            transmission_image, reflection_image = self.image_processor.postprocess(layers[0], padding, size)
+            transmissions.append(transmission_image)
+            reflections.append(reflection_image)
 
         self.maybe_free_model_hooks()
         transmission = self.image_processor.to_output(transmissions, output_type)
