@@ -403,6 +403,7 @@ def run_separate(args: argparse.Namespace) -> int:
         call_kwargs = {
             "num_inference_steps": args.steps,
             "processing_resolution": args.resolution,
+            "tile_size": args.tile_size,
             "disjoint_strength": args.disjoint_strength,
             "fgfm_strength": args.fgfm_strength,
             "guidance_mode": args.guidance,
@@ -517,6 +518,11 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "--resolution",
         type=_non_negative_int,
         help="long side the image is processed at, 0 = native size (default: the model's); outputs keep the input size",
+    )
+    parser.add_argument(
+        "--tile-size",
+        type=_positive_int,
+        help="process images larger than this (at the processing resolution) in overlapping tiles, to bound memory",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every image's own generator (default: 0)")
     parser.add_argument(

@@ -461,3 +461,21 @@ def test_evaluate_is_mounted_only_when_available(monkeypatch, capsys):
     commands = cli.build_parser()._subparsers._group_actions[0].choices
     assert set(commands) == {"separate"}
     assert cli.main(["evaluate"]) == 2
+
+
+def test_tile_size_separates_large_images_in_tiles(model_dir, tmp_path, monkeypatch):
+    from reflection_separation import ReflectionSeparationPipeline
+
+    seen = []
+    original = ReflectionSeparationPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("tile_size"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ReflectionSeparationPipeline, "__call__", spy)
+    image = write_image(tmp_path / "big.png", 90, 70)
+    out = tmp_path / "out"
+    assert run(model_dir, image, "-o", out, "--resolution", "0", "--tile-size", "32") == 0
+    assert seen == [32]
+    assert layer_sizes(out, "big") == ((90, 70), (90, 70))
