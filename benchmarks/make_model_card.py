@@ -1,0 +1,158 @@
+"""Write `model_card.md` (the Hub model card) from the measured results under `benchmarks/results/`.
+
+Every number in the card comes from a committed JSON file: the ablation (`ablation*.json`, written by
+`benchmarks/ablation.py`) and the GPU benchmark (`h200*.json`, by `benchmarks/benchmark_gpu.py`). Figures of
+the paper are quoted as the paper's, with the citation.
+
+    python benchmarks/make_model_card.py            # rewrites model_card.md
+    python benchmarks/make_model_card.py --check    # exit 1 if model_card.md is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from reflection_separation.evaluation import format_markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FRONT_MATTER = """---
+license: apache-2.0
+library_name: diffusers
+pipeline_tag: image-to-image
+{base_model}tags:
+  - reflection-removal
+  - reflection-separation
+  - image-restoration
+  - latent-diffusion
+---
+"""
+
+INTRO = """# reflection-separation
+
+A `ReflectionSeparationPipeline` for diffusers: it separates a photo taken through glass into the
+transmission (the scene behind the glass) and the reflection, following "Reflection Separation from a
+Single Image via Joint Latent Diffusion" (CVPR 2026, arXiv 2606.04107).
+
+## Usage
+
+```python
+import torch
+from PIL import Image
+from reflection_separation import ReflectionSeparationPipeline
+
+pipe = ReflectionSeparationPipeline.from_pretrained("path/to/model_folder")
+out = pipe(Image.open("photo.jpg"), generator=torch.Generator().manual_seed(0))
+out.transmission[0].save("transmission.png")
+out.reflection[0].save("reflection.png")
+```
+
+Without this package: `DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)` (the code of
+the custom classes is saved beside the weights).
+
+## Method
+
+One UNet conditioned on the mixture latent and on two fixed prompts ("Transmission", "Reflection") generates
+both layers together; cross-layer self-attention lets each layer's queries attend to both layers' keys;
+disjoint sampling pushes the two noise estimates apart (k = 0.2); an FGFM decoder restores fidelity with the
+mixture's encoder features (w = 0.8); a learned latent composition network guides the latents at test time so
+the two layers recombine into the input.
+"""
+
+PAPER = """## The paper's results (quoted, not reproduced here)
+
+Transmission: Real20 PSNR 25.32, LPIPS 0.107; SIR2 PSNR 25.35, SSIM 0.911, LPIPS 0.075. SIR2 reflection:
+PSNR 21.14, LPIPS 0.373 (Stable Diffusion 2.1 base model, 960x960 inference).
+"""
+
+LIMITATIONS = """## Limitations
+
+- The generative prior may hallucinate content where the reflection hides the scene: outputs are plausible,
+  not measurements. Do not use them for forensics or as evidence.
+- Trained on synthetic mixtures (blurred, attenuated, sometimes ghosted reflections added to photos); real
+  reflections can differ.
+
+## Training data
+
+Synthetic mixtures (Zhang et al. 2018 / DSRNet recipe) made on the fly from scikit-image's sample photos and
+the wallpapers of the Debian packages mate-backgrounds, gnome-backgrounds, ukui-wallpapers and
+plasma-workspace-wallpapers (`examples/gather_photos.py` records each file's package and licence).
+
+## Citation
+
+```bibtex
+@inproceedings{reflection_separation_joint_latent_diffusion_2026,
+  title     = {Reflection Separation from a Single Image via Joint Latent Diffusion},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2026},
+  note      = {arXiv:2606.04107}
+}
+```
+"""
+
+
+def _shown(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.name
+
+
+def ablation_section(path: Path) -> str:
+    report = json.loads(path.read_text())
+    settings = report["settings"]
+    table = format_markdown_table([(row["name"], row["metrics"]) for row in report["rows"]], label="Row")
+    return (
+        f"## Ablation ({_shown(path)})\n\n"
+        f"{report['description']} {settings['num_images']} mixtures at {settings['resolution']} px, "
+        f"device {report['device']}, torch {report['versions']['torch']}, diffusers "
+        f"{report['versions']['diffusers']}. Made by `benchmarks/ablation.py`.\n\n{table}"
+    )
+
+
+def benchmark_section(path: Path) -> str:
+    report = json.loads(path.read_text())
+    return (
+        f"## Speed ({_shown(path)})\n\n"
+        f"Measured by `benchmarks/benchmark_gpu.py` on {report.get('gpu', 'unknown GPU')}; see the JSON for every "
+        "figure and its ratio to the compute floor.\n"
+    )
+
+
+def build_card(results: Path, base_model: str | None) -> str:
+    base = f"base_model: {base_model}\n" if base_model else ""
+    sections = [FRONT_MATTER.format(base_model=base), INTRO]
+    ablations = sorted(results.glob("ablation*.json"))
+    benchmarks = sorted(results.glob("h200*.json"))
+    if not ablations:
+        sections.append(
+            "## Results\n\nNo trained model has been measured yet: `benchmarks/results/` holds no ablation. "
+            "This card is regenerated from the measured JSON files when they exist.\n"
+        )
+    sections += [ablation_section(path) for path in ablations]
+    sections += [benchmark_section(path) for path in benchmarks]
+    sections += [PAPER, LIMITATIONS]
+    return "\n".join(sections)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write model_card.md from benchmarks/results/*.json.")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--output", type=Path, default=ROOT / "model_card.md")
+    parser.add_argument("--base-model", default=None, help="Hub id of the base model, if fine-tuned from one")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the card differs from what would be written")
+    args = parser.parse_args(argv)
+    card = build_card(args.results, args.base_model)
+    if args.check:
+        current = args.output.read_text() if args.output.exists() else ""
+        if current != card:
+            print(f"{args.output} is out of date: run python benchmarks/make_model_card.py", file=sys.stderr)
+            return 1
+        return 0
+    args.output.write_text(card)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

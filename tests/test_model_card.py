@@ -1,0 +1,41 @@
+"""The model card is generated from the measured JSON files, and the committed one is up to date."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("make_model_card", ROOT / "benchmarks" / "make_model_card.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_card_is_what_the_script_writes():
+    assert load_script().main(["--check"]) == 0
+
+
+def test_card_has_hub_front_matter_and_the_ablation_table(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    script = load_script()
+    empty = script.build_card(results, None)
+    assert empty.startswith("---\nlicense: apache-2.0\nlibrary_name: diffusers\npipeline_tag: image-to-image\n")
+    assert "No trained model has been measured yet" in empty and "base_model" not in empty
+    report = {
+        "description": "Ablation on held-out synthetic mixtures.",
+        "settings": {"num_images": 2, "resolution": 64},
+        "device": "cpu",
+        "versions": {"torch": "2.13.0", "diffusers": "0.42.1"},
+        "rows": [
+            {"name": "mixture as T", "metrics": {"count": 2, "t_psnr": 11.5}},
+            {"name": "full (+disjoint, +FGFM)", "metrics": {"count": 2, "t_psnr": 17.25, "r_psnr": 15.5}},
+        ],
+    }
+    (results / "ablation_small.json").write_text(json.dumps(report))
+    card = script.build_card(results, "stabilityai/stable-diffusion-2-1-base")
+    assert "base_model: stabilityai/stable-diffusion-2-1-base\n" in card
+    assert "| full (+disjoint, +FGFM) | 2 | 17.25 |" in card and "No trained model" not in card
