@@ -215,3 +215,15 @@ def test_tiled_batch_size_does_not_change_results(tiny_pipe, rng):
 def test_invalid_tile_arguments(tiny_pipe, rng, kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny_pipe(random_image(rng), **{**FAST, **kwargs})
+
+
+def test_full_guidance_checkpointing_gives_the_same_result(tiny_pipe, rng):
+    torch.nn.init.normal_(tiny_pipe.composition_net.conv_out.weight, std=0.1)
+    image = random_image(rng)
+    kwargs = {**FAST, "guidance_mode": "full", "guidance_scale": 0.05}
+    checkpointed = tiny_pipe(image, generator=generator(0), **kwargs)
+    assert not tiny_pipe.unet.is_gradient_checkpointing  # restored after the call
+    plain = tiny_pipe(image, generator=generator(0), guidance_checkpointing=False, **kwargs)
+    np.testing.assert_allclose(checkpointed.transmission, plain.transmission, atol=1e-6)
+    fast = tiny_pipe(image, generator=generator(0), **{**kwargs, "guidance_mode": "fast"})
+    assert np.abs(fast.transmission - plain.transmission).max() > 1e-6

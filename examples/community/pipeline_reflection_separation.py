@@ -1400,6 +1400,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         max_input_size: int | None = None,
         tile_size: int | None = None,
         tile_overlap: int | None = None,
+        guidance_checkpointing: bool = True,
     ) -> ReflectionSeparationPipelineOutput | tuple:
         """Separate each image into transmission and reflection.
 
@@ -1428,6 +1429,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                 tiles of this side, blended across ``tile_overlap`` pixels, so memory depends on the tile, not
                 the photo; each tile's two layers still run together. ``None`` processes whole images.
             tile_overlap: pixels shared by neighbouring tiles (default: a quarter of ``tile_size``).
+            guidance_checkpointing: in ``"full"`` guidance, recompute the UNet's activations in the backward pass
+                instead of keeping them (less memory, one more forward per guidance step).
         """
         config = self.config
         num_inference_steps = num_inference_steps if num_inference_steps is not None else config.default_denoising_steps
@@ -1526,7 +1529,15 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                     if guidance is not None:
                         alpha_prod = sampler.alpha_prod(t)
                         predict_x0 = self._x0_predictor(
-                            guidance_mode, epsilon, t, alpha_prod, sampler, disjoint_strength, mixture_latents, prompt_embeds
+                            guidance_mode,
+                            epsilon,
+                            t,
+                            alpha_prod,
+                            sampler,
+                            disjoint_strength,
+                            mixture_latents,
+                            prompt_embeds,
+                            guidance_checkpointing,
                         )
                         latents = guidance(latents, predict_x0, mixture_latents, alpha_prod)
                         latent_input = self.scheduler.scale_model_input(latents, t)
@@ -1579,8 +1590,13 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         disjoint_strength: float,
         mixture_latents: torch.Tensor,
         prompt_embeds: torch.Tensor,
+        checkpointing: bool = True,
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Map stacked latents to Tweedie estimates: with ``eps'`` fixed ("fast") or recomputed ("full")."""
+        """Map stacked latents to Tweedie estimates: with ``eps'`` fixed ("fast") or recomputed ("full").
+
+        In "full" mode the UNet runs with activation checkpointing (``checkpointing``): its blocks keep only
+        their inputs and recompute the rest during the backward pass, trading time for memory.
+        """
         fixed_epsilon = epsilon.detach()
 
         def fast(latents: torch.Tensor) -> torch.Tensor:
@@ -1589,7 +1605,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
 
         def full(latents: torch.Tensor) -> torch.Tensor:
             latent_input = self.scheduler.scale_model_input(latents, timestep)
-            output = self.predict_noise(latent_input, timestep, mixture_latents, prompt_embeds)
+            with self._checkpointed_unet(checkpointing):
+                output = self.predict_noise(latent_input, timestep, mixture_latents, prompt_embeds)
             eps = sampler.epsilon(output, timestep, latent_input, disjoint_strength)
             return tweedie_x0(latent_input, eps, alpha_prod)
 
@@ -1601,6 +1618,18 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         if self.vae.config.shift_factor is not None:
             latents = latents - self.vae.config.shift_factor
         return (latents * self.vae.config.scaling_factor).to(self.unet.dtype), features
+
+    @contextmanager
+    def _checkpointed_unet(self, enabled: bool) -> Iterator[None]:
+        """Activation checkpointing on the UNet for the enclosed forward (restored afterwards)."""
+        switch = enabled and not self.unet.is_gradient_checkpointing
+        if switch:
+            self.unet.enable_gradient_checkpointing()
+        try:
+            yield
+        finally:
+            if switch:
+                self.unet.disable_gradient_checkpointing()
 
     def decode_latents(
         self, latents: torch.Tensor, mixture_features: list[torch.Tensor], fgfm_strength: float
