@@ -1537,9 +1537,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                             disjoint_strength,
                             mixture_latents,
                             prompt_embeds,
-                            guidance_checkpointing,
                         )
-                        latents = guidance(latents, predict_x0, mixture_latents, alpha_prod)
+                        with self._guided_unet(guidance_mode == "full", guidance_checkpointing):
+                            latents = guidance(latents, predict_x0, mixture_latents, alpha_prod)
                         latent_input = self.scheduler.scale_model_input(latents, t)
                     model_output = sampler.model_output(epsilon, t, latent_input)
                 latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
@@ -1590,13 +1590,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         disjoint_strength: float,
         mixture_latents: torch.Tensor,
         prompt_embeds: torch.Tensor,
-        checkpointing: bool = True,
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Map stacked latents to Tweedie estimates: with ``eps'`` fixed ("fast") or recomputed ("full").
-
-        In "full" mode the UNet runs with activation checkpointing (``checkpointing``): its blocks keep only
-        their inputs and recompute the rest during the backward pass, trading time for memory.
-        """
+        """Map stacked latents to Tweedie estimates: with ``eps'`` fixed ("fast") or recomputed ("full")."""
         fixed_epsilon = epsilon.detach()
 
         def fast(latents: torch.Tensor) -> torch.Tensor:
@@ -1605,8 +1600,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
 
         def full(latents: torch.Tensor) -> torch.Tensor:
             latent_input = self.scheduler.scale_model_input(latents, timestep)
-            with self._checkpointed_unet(checkpointing):
-                output = self.predict_noise(latent_input, timestep, mixture_latents, prompt_embeds)
+            output = self.predict_noise(latent_input, timestep, mixture_latents, prompt_embeds)
             eps = sampler.epsilon(output, timestep, latent_input, disjoint_strength)
             return tweedie_x0(latent_input, eps, alpha_prod)
 
@@ -1620,9 +1614,17 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         return (latents * self.vae.config.scaling_factor).to(self.unet.dtype), features
 
     @contextmanager
-    def _checkpointed_unet(self, enabled: bool) -> Iterator[None]:
-        """Activation checkpointing on the UNet for the enclosed forward (restored afterwards)."""
-        switch = enabled and not self.unet.is_gradient_checkpointing
+    def _guided_unet(self, active: bool, checkpointing: bool) -> Iterator[None]:
+        """For "full" guidance (gradients w.r.t. the latents only, through the UNet), around forward and backward:
+        frozen UNet weights (autograd then keeps no activations for weight gradients) and optional activation
+        checkpointing (blocks keep their inputs and recompute the rest in the backward pass). Restored after."""
+        if not active:
+            yield
+            return
+        trainable = [p for p in self.unet.parameters() if p.requires_grad]
+        switch = checkpointing and not self.unet.is_gradient_checkpointing
+        for parameter in trainable:
+            parameter.requires_grad_(False)
         if switch:
             self.unet.enable_gradient_checkpointing()
         try:
@@ -1630,6 +1632,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         finally:
             if switch:
                 self.unet.disable_gradient_checkpointing()
+            for parameter in trainable:
+                parameter.requires_grad_(True)
 
     def decode_latents(
         self, latents: torch.Tensor, mixture_features: list[torch.Tensor], fgfm_strength: float

@@ -1,0 +1,982 @@
+"""Speed, memory and FLOPs of the reflection-separation pipeline on one GPU, against its compute floor (issue 11).
+
+Models (side by side in one JSON):
+  sd21_arch_random  the Stable Diffusion 2.1 architecture with random weights, built in code (no download):
+                    UNet (8 input channels), FGFM VAE, a CLIP text encoder of width 1024 with few layers
+                    (it runs once per call, for the two fixed prompts), LatentCompositionNet, DDIM (trailing)
+  small_model       our shipped small model, with `--model FOLDER` (skipped when not given or missing)
+In `--tiny` mode the first is the test suite's tiny model (`components.build_pipeline()`).
+
+Per model, the sections (in this order; `--only` picks some, `--compile` adds `compile`):
+  unet_step      one dual-branch UNet step (2 rows [T; R], prompts (2, 77, 1024)) at each resolution with plain
+                 self-attention and with CLSA (also channels-last), eager and replayed from a CUDA graph
+  sdpa_backends  the CLSA step under each SDPA backend (flash, cuDNN, memory-efficient)
+  guidance_step  one sampling step at the largest resolution: no guidance, "fast", "full" as the pipeline runs it
+                 (frozen UNet weights, activation checkpointing) and "full" without checkpointing: time, peak
+                 memory, ratio to the no-grad step
+  vae_decode     decoding 2 latents at the largest resolution with FGFM features and plain
+  profile        the largest CLSA step by kind of CUDA kernel (attention, convolution, linear, rest)
+  pipeline       full calls (random image, 50 steps) at each resolution with guidance off / fast / full,
+                 eager and with the pipeline's no-grad UNet calls replayed from CUDA graphs
+  tiled          a 2048 x 2048 call with `tile_size=960`: time and peak memory
+  compile        torch.compile of the UNet: first-call (warm-up) seconds per shape, the CLSA step compiled and
+                 compiled in a CUDA graph, and a "fast" pipeline call at the largest resolution with it
+Before them the bf16 matmul rate (8192^3) is measured; every figure with a FLOP count (FlopCounterMode: matmuls,
+convolutions and attention, not elementwise work) also gets `floor_ms = flops / matmul rate` and
+`x_floor = median_ms / floor_ms`. Timings are CUDA-event medians after warm-ups; memory is
+`torch.cuda.max_memory_allocated` from a reset before the warm-ups (weights included; `peak_above_start_gib`
+excludes what was allocated before). The JSON is rewritten after every section, so a timeout keeps the results.
+
+    # on an H200: the default sections for both models (~4-5 min), then torch.compile alone (~3-5 min)
+    python benchmarks/benchmark_gpu.py --model runs/small_model/pipeline
+    python benchmarks/benchmark_gpu.py --model runs/small_model/pipeline --only compile \
+        --output benchmarks/results/h200_compile.json
+    # smoke run of every code path on CPU (CUDA-only parts are marked "skipped: needs CUDA")
+    python benchmarks/benchmark_gpu.py --device cpu --tiny --compile --compile-backend eager
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from torch.autograd import DeviceType
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from reflection_separation import ReflectionSeparationPipeline
+from reflection_separation.attention import set_cross_layer_attention, uses_cross_layer_attention
+from reflection_separation.components import build_pipeline, make_clip_tokenizer
+from reflection_separation.composition import LatentCompositionGuidance, LatentCompositionNet
+from reflection_separation.scheduling import DisjointSampling
+from reflection_separation.tiling import tile_boxes
+from reflection_separation.vae import FGFMAutoencoderKL
+
+GIB = 1024**3
+NEEDS_CUDA = {"skipped": "needs CUDA"}
+# Per-model sections in run order; `compile` is last because it compiles the UNet in place while it runs.
+SECTIONS = ("unet_step", "sdpa_backends", "guidance_step", "vae_decode", "profile", "pipeline", "tiled", "compile")
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "compile")
+GUIDANCE_MODES = ("off", "fast", "full")
+SDPA_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+}
+# Sizes of a real run and of the CPU smoke run (`--tiny`); command-line values override them.
+PROFILES: dict[str, dict[str, Any]] = {
+    "full": {"resolutions": [512, 960], "steps": 50, "repeats": 20, "warmup": 3, "pipeline_repeats": 2,
+             "tiled_size": 2048, "tile_size": 960, "matmul_size": 8192, "dtype": "bf16", "profile_steps": 3},
+    "tiny": {"resolutions": [32, 48], "steps": 2, "repeats": 2, "warmup": 1, "pipeline_repeats": 1,
+             "tiled_size": 96, "tile_size": 48, "matmul_size": 256, "dtype": "fp32", "profile_steps": 1},
+}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def describe(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+def clear_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def attempt(measurement: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``measurement()``, or ``{"error": ...}`` if it raises: one failure (e.g. out of memory) keeps the others."""
+    try:
+        return measurement()
+    except Exception as error:
+        traceback.print_exc()
+        failure = {"error": describe(error)}
+    clear_memory()  # after the except block, which kept the failed frames (and their tensors) alive
+    return failure
+
+
+# --------------------------------------------------------------------------------------------- measuring
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_sdpa_backward_flops(
+    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+# torch's FLOP counter knows the CUDA attention kernels but not the CPU one; count it the same way.
+CPU_SDPA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+}
+
+
+def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
+    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention; forward and any backward it runs), by op."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+        fn()
+    by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return int(counter.get_total_flops()), by_op
+
+
+class Runtime:
+    """Device, dtype, repeat counts and the measured matmul rate that sets every compute floor."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int) -> None:
+        self.device = device
+        self.dtype = dtype
+        self.warmup = warmup
+        self.repeats = repeats
+        self.matmul_flops_per_s: float | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def time_ms(self, fn: Callable[[], Any]) -> float:
+        """Wall time of one call: CUDA events on a GPU, ``perf_counter`` on CPU."""
+        if self.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        start_s = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start_s) * 1e3
+
+    def versus_floor(self, milliseconds: float, flops: int) -> dict[str, float]:
+        """The compute floor of ``flops`` at the measured matmul rate and how far ``milliseconds`` is above it."""
+        if not self.matmul_flops_per_s or not flops:
+            return {}
+        floor_ms = flops / self.matmul_flops_per_s * 1e3
+        return {
+            "floor_ms": floor_ms,
+            "x_floor": milliseconds / floor_ms,
+            "achieved_tflops": flops / (milliseconds / 1e3) / 1e12,
+        }
+
+    def measure(
+        self, fn: Callable[[], Any], flops: int | None = None, warmup: int | None = None, repeats: int | None = None
+    ) -> dict[str, Any]:
+        """Median and minimum time of ``repeats`` calls after ``warmup`` calls, peak memory over all of them."""
+        warmup = self.warmup if warmup is None else warmup
+        repeats = self.repeats if repeats is None else repeats
+        clear_memory()
+        if self.is_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            start_bytes = torch.cuda.memory_allocated(self.device)
+        for _ in range(warmup):
+            fn()
+        times = [self.time_ms(fn) for _ in range(repeats)]
+        result: dict[str, Any] = {
+            "median_ms": statistics.median(times),
+            "min_ms": min(times),
+            "warmup": warmup,
+            "repeats": repeats,
+            "peak_gib": None,
+            "peak_above_start_gib": None,
+        }
+        if self.is_cuda:
+            peak = torch.cuda.max_memory_allocated(self.device)
+            result["peak_gib"] = peak / GIB
+            result["peak_above_start_gib"] = (peak - start_bytes) / GIB
+        if flops is not None:
+            result["flops"] = flops
+            result.update(self.versus_floor(result["median_ms"], flops))
+        return result
+
+
+def measure_matmul(runtime: Runtime, size: int) -> dict[str, Any]:
+    """Rate of a square ``size^3`` matmul in the benchmark dtype: the rate every compute floor uses."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(runtime.device, runtime.dtype)
+    b = torch.randn(size, size, generator=generator).to(runtime.device, runtime.dtype)
+    flops = 2 * size**3
+    result = runtime.measure(lambda: torch.mm(a, b), warmup=max(runtime.warmup, 3), repeats=max(runtime.repeats, 10))
+    result.update({"size": size, "dtype": str(runtime.dtype), "flops": flops,
+                   "tflops": flops / (result["median_ms"] / 1e3) / 1e12})
+    return result
+
+
+class CUDAGraphed:
+    """Replays ``fn`` (tensors in, one tensor out) from CUDA graphs, one graph per input shapes.
+
+    Inputs are copied into static buffers before each replay and the output is cloned, so callers may keep it.
+    Calls with gradients enabled (the "full" guidance backpropagates through the UNet) run ``fn`` eagerly.
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor], capture_warmup: int = 2) -> None:
+        self.fn = fn
+        self.capture_warmup = capture_warmup
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self.fn(*args)
+        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(args)
+        graph, static_inputs, static_output = self.graphs[key]
+        for static, value in zip(static_inputs, args):
+            static.copy_(value)
+        graph.replay()
+        return static_output.clone()
+
+    def _capture(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]:
+        static_inputs = [a.clone() for a in args]
+        # Warm up on a side stream (cuDNN/cuBLAS choose their kernels and workspaces outside the capture).
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(self.capture_warmup):
+                self.fn(*static_inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_output = self.fn(*static_inputs)
+        return graph, static_inputs, static_output
+
+    def release(self) -> None:
+        self.graphs.clear()
+        clear_memory()
+
+
+@contextlib.contextmanager
+def graphed_unet_calls(pipe: ReflectionSeparationPipeline) -> Iterator[None]:
+    """Route the pipeline's no-grad UNet calls (``predict_noise``) through CUDA graphs for the duration."""
+    graphed = CUDAGraphed(pipe.predict_noise)
+    pipe.predict_noise = graphed  # the instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del pipe.predict_noise
+        graphed.release()
+
+
+@contextlib.contextmanager
+def attention_mode(unet: UNet2DConditionModel, clsa: bool) -> Iterator[None]:
+    """CLSA (``True``) or plain self-attention on every ``attn1`` for the duration."""
+    previous = uses_cross_layer_attention(unet)
+    set_cross_layer_attention(unet, clsa)
+    try:
+        yield
+    finally:
+        set_cross_layer_attention(unet, previous)
+
+
+@contextlib.contextmanager
+def channels_last(unet: UNet2DConditionModel, enabled: bool) -> Iterator[None]:
+    """Convolution weights in channels-last layout for the duration (when ``enabled``)."""
+    if enabled:
+        unet.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        if enabled:
+            unet.to(memory_format=torch.contiguous_format)
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def build_sd21_pipeline(text_layers: int, device: torch.device, dtype: torch.dtype) -> ReflectionSeparationPipeline:
+    """The SD 2.1 architecture with random weights: the cost of the method at full size, without a download."""
+    torch.manual_seed(0)
+    with device:  # allocate and initialize the weights on the device directly (fast for the 866M-parameter UNet)
+        unet = UNet2DConditionModel(
+            in_channels=8,
+            out_channels=4,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=1024,
+            attention_head_dim=(5, 10, 20, 20),  # diffusers' name for SD 2.x's head counts: 64 channels per head
+            use_linear_projection=True,
+            sample_size=96,
+        )
+        vae = FGFMAutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            norm_num_groups=32,
+            sample_size=768,
+            scaling_factor=0.18215,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=514,  # the offline character-level tokenizer
+                hidden_size=1024,
+                intermediate_size=4096,
+                num_hidden_layers=text_layers,
+                num_attention_heads=16,
+                max_position_embeddings=77,
+                hidden_act="gelu",
+                bos_token_id=512,
+                eos_token_id=513,
+                pad_token_id=513,
+            )
+        )
+        composition_net = LatentCompositionNet()
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="trailing",
+        prediction_type="v_prediction",  # SD 2.1 (768); the cost is the same for epsilon
+    )
+    pipe = ReflectionSeparationPipeline(
+        vae=vae,
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=make_clip_tokenizer(77),
+        scheduler=scheduler,
+        composition_net=composition_net,
+    )
+    return pipe.to(device=device, dtype=dtype)
+
+
+def describe_components(pipe: ReflectionSeparationPipeline, note: str) -> dict[str, Any]:
+    def millions(module: torch.nn.Module) -> float:
+        return sum(p.numel() for p in module.parameters()) / 1e6
+
+    return {
+        "note": note,
+        "parameters_millions": {
+            name: millions(getattr(pipe, name)) for name in ("unet", "vae", "text_encoder", "composition_net")
+        },
+        "unet_block_out_channels": list(pipe.unet.config.block_out_channels),
+        "vae_block_out_channels": list(pipe.vae.config.block_out_channels),
+        "text_encoder_layers": pipe.text_encoder.config.num_hidden_layers,
+        "text_encoder_hidden_size": pipe.text_encoder.config.hidden_size,
+        "prompt_tokens": pipe.tokenizer.model_max_length,
+        "scheduler": f"{type(pipe.scheduler).__name__} ({pipe.scheduler.config.get('timestep_spacing')}, "
+        f"{pipe.scheduler.config.get('prediction_type')})",
+        "dtype": str(pipe.unet.dtype),
+        "unet_weights_require_grad": any(p.requires_grad for p in pipe.unet.parameters()),
+        "pipeline_defaults": {k: v for k, v in pipe.config.items() if k.startswith("default_")},
+    }
+
+
+class ModelBench:
+    """One pipeline under test, with the inputs and FLOP counts its sections share."""
+
+    def __init__(self, pipe: ReflectionSeparationPipeline, runtime: Runtime, args: argparse.Namespace) -> None:
+        self.pipe = pipe
+        self.unet = pipe.unet
+        self.runtime = runtime
+        self.args = args
+        self.prompts = pipe.encode_layer_prompts(runtime.device).to(pipe.unet.dtype)  # (2, tokens, width)
+        self._step_flops: dict[tuple[int, bool], tuple[int, dict[str, int]]] = {}
+
+    def latent_size(self, resolution: int) -> int:
+        return resolution // self.pipe.vae_scale_factor
+
+    def step_inputs(self, resolution: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """UNet inputs of one step: 2 rows ``[z_t, z_I]`` per branch, a timestep, the prompt pair."""
+        size = self.latent_size(resolution)
+        generator = torch.Generator(device="cpu").manual_seed(resolution)
+        sample = torch.randn(2, self.unet.config.in_channels, size, size, generator=generator)
+        sample = sample.to(self.runtime.device, self.unet.dtype)
+        timestep = torch.tensor(500, device=self.runtime.device)
+        return sample, timestep, self.prompts
+
+    def unet_forward(self, sample: torch.Tensor, timestep: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states=prompts, return_dict=False)[0]
+
+    def step_flops(self, resolution: int, clsa: bool) -> tuple[int, dict[str, int]]:
+        key = (resolution, clsa)
+        if key not in self._step_flops:
+            inputs = self.step_inputs(resolution)
+            with attention_mode(self.unet, clsa):
+                self._step_flops[key] = count_flops(lambda: self.unet_forward(*inputs))
+        return self._step_flops[key]
+
+    def measure_graphed(
+        self, fn: Callable[..., torch.Tensor], args: tuple[torch.Tensor, ...], flops: int | None
+    ) -> dict[str, Any]:
+        """``fn(*args)`` replayed from a CUDA graph (captured during the first warm-up call)."""
+        if not self.runtime.is_cuda:
+            return dict(NEEDS_CUDA)
+        graphed = CUDAGraphed(fn)
+        try:
+            return attempt(lambda: self.runtime.measure(lambda: graphed(*args), flops, warmup=self.runtime.warmup))
+        finally:
+            graphed.release()
+
+    def pipeline_call(self, resolution: int, mode: str) -> Callable[[], Any]:
+        image = torch.rand(3, resolution, resolution, generator=torch.Generator().manual_seed(resolution))
+
+        def call() -> Any:
+            return self.pipe(
+                image,
+                num_inference_steps=self.args.steps,
+                processing_resolution=resolution,
+                guidance_mode=mode,
+                output_type="pt",
+                generator=torch.Generator().manual_seed(0),
+            )
+
+        return call
+
+
+# --------------------------------------------------------------------------------------------- sections
+
+
+def section_unet_step(bench: ModelBench) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for resolution in bench.args.resolutions:
+        inputs = bench.step_inputs(resolution)
+        entry: dict[str, Any] = {"latent_size": bench.latent_size(resolution), "rows": inputs[0].shape[0],
+                                 "prompt_shape": list(inputs[2].shape)}
+        variants = (("plain", False, False), ("clsa", True, False), ("clsa_channels_last", True, True))
+        for variant, clsa, layout in variants:
+            flops, by_op = bench.step_flops(resolution, clsa)
+            sample = inputs[0].contiguous(memory_format=torch.channels_last) if layout else inputs[0]
+            args = (sample, inputs[1], inputs[2])
+            with attention_mode(bench.unet, clsa), channels_last(bench.unet, layout):
+                entry[variant] = {
+                    "flops": flops,
+                    "flops_by_op": by_op,
+                    "eager": attempt(lambda: bench.runtime.measure(lambda: bench.unet_forward(*args), flops)),
+                    "cuda_graph": bench.measure_graphed(bench.unet_forward, args, flops),
+                }
+            log(f"  unet_step {resolution} {variant}: eager {entry[variant]['eager'].get('median_ms')} ms")
+        entry["clsa_over_plain_flops"] = entry["clsa"]["flops"] / entry["plain"]["flops"]
+        results[str(resolution)] = entry
+    return results
+
+
+def section_sdpa_backends(bench: ModelBench) -> dict[str, Any]:
+    if not bench.runtime.is_cuda:
+        return dict(NEEDS_CUDA)
+    results: dict[str, Any] = {}
+    for resolution in bench.args.resolutions:
+        inputs = bench.step_inputs(resolution)
+        flops, _ = bench.step_flops(resolution, True)
+        step = lambda: bench.unet_forward(*inputs)
+        with attention_mode(bench.unet, True):
+            entry: dict[str, Any] = {"default": attempt(lambda: bench.runtime.measure(step, flops))}
+            for name, backend in SDPA_BACKENDS.items():
+                with sdpa_kernel(backend):  # every attention of the step (CLSA and the prompt attention)
+                    entry[name] = attempt(lambda: bench.runtime.measure(step, flops))
+                if "No available kernel" in entry[name].get("error", ""):
+                    entry[name] = {"unsupported": entry[name]["error"]}
+        results[str(resolution)] = entry
+    return results
+
+
+def section_compile(bench: ModelBench) -> dict[str, Any]:
+    """torch.compile of the UNet (in place, so the pipeline's own calls use it): the CLSA step and a "fast" call."""
+    args, runtime, unet = bench.args, bench.runtime, bench.unet
+    largest = max(args.resolutions)
+    call = bench.pipeline_call(largest, "fast")
+    with attention_mode(unet, True):  # FLOPs counted eagerly, before compiling
+        step_flops = {resolution: bench.step_flops(resolution, True)[0] for resolution in args.resolutions}
+        call_flops, _ = count_flops(call)
+    results: dict[str, Any] = {"backend": args.compile_backend, "mode": args.compile_mode or "default"}
+    unet.compile(backend=args.compile_backend, mode=args.compile_mode, dynamic=False)
+    try:
+        with attention_mode(unet, True):
+            for resolution in args.resolutions:
+                inputs = bench.step_inputs(resolution)
+                flops = step_flops[resolution]
+                first_s = runtime.time_ms(lambda: bench.unet_forward(*inputs)) / 1e3  # compiles for this shape
+                results[str(resolution)] = {
+                    "first_call_s": first_s,
+                    "second_call_ms": runtime.time_ms(lambda: bench.unet_forward(*inputs)),
+                    "compiled": runtime.measure(lambda: bench.unet_forward(*inputs), flops),
+                    "compiled_cuda_graph": bench.measure_graphed(bench.unet_forward, inputs, flops),
+                }
+                log(f"  compile {resolution}: warm-up {first_s:.1f} s")
+            results["warmup_total_s"] = sum(results[str(r)]["first_call_s"] for r in args.resolutions)
+            pipeline: dict[str, Any] = {"resolution": largest, "guidance_mode": "fast", "steps": args.steps,
+                                        "flops": call_flops}
+            pipeline["compiled"] = runtime.measure(call, call_flops, warmup=1, repeats=args.pipeline_repeats)
+            if runtime.is_cuda:
+                with graphed_unet_calls(bench.pipe):
+                    pipeline["compiled_cuda_graph_unet"] = runtime.measure(
+                        call, call_flops, warmup=1, repeats=args.pipeline_repeats
+                    )
+            else:
+                pipeline["compiled_cuda_graph_unet"] = dict(NEEDS_CUDA)
+            results["pipeline"] = pipeline
+    finally:
+        unet._compiled_call_impl = None  # undoes `nn.Module.compile` (torch has no public call for this)
+        torch._dynamo.reset()
+    return results
+
+
+def section_guidance_step(bench: ModelBench) -> dict[str, Any]:
+    """One sampling step without guidance, with "fast" and with "full" latent-composition guidance."""
+    pipe, runtime = bench.pipe, bench.runtime
+    resolution = max(bench.args.resolutions)
+    size = bench.latent_size(resolution)
+    generator = torch.Generator(device="cpu").manual_seed(1)
+    channels = pipe.vae.config.latent_channels
+    latents = torch.randn(2, channels, size, size, generator=generator).to(runtime.device, pipe.unet.dtype)
+    mixture = torch.randn(1, channels, size, size, generator=generator).to(runtime.device, pipe.unet.dtype)
+    pipe.scheduler.set_timesteps(bench.args.steps, device=runtime.device)
+    timestep = pipe.scheduler.timesteps[len(pipe.scheduler.timesteps) // 2]
+    sampler = DisjointSampling(pipe.scheduler)
+    alpha_prod = sampler.alpha_prod(timestep)
+    strength = pipe.config.default_disjoint_strength
+    guidance = LatentCompositionGuidance(pipe.composition_net, pipe.config.default_guidance_scale, steps=1)
+
+    def sampling_step(mode: str) -> torch.Tensor:
+        """What the pipeline does in one step before the scheduler step (``mode="off"``: no guidance)."""
+        output = pipe.predict_noise(latents, timestep, mixture, bench.prompts)
+        epsilon = sampler.epsilon(output, timestep, latents, strength)
+        if mode == "off":
+            return epsilon
+        predict_x0 = pipe._x0_predictor(mode, epsilon, timestep, alpha_prod, sampler, strength, mixture, bench.prompts)
+        return guidance(latents, predict_x0, mixture, alpha_prod)
+
+    results: dict[str, Any] = {"resolution": resolution, "latent_size": size, "guidance_steps": 1,
+                               "unet_weights_require_grad": any(p.requires_grad for p in bench.unet.parameters())}
+    # "full" as the pipeline runs it: frozen UNet weights and activation checkpointing (`_guided_unet`)
+    variants = (("no_grad_step", "off", None), ("fast", "fast", None), ("full", "full", True),
+                ("full_without_checkpointing", "full", False))
+    for name, mode, checkpointing in variants:
+        step = lambda: sampling_step(mode)
+        with attention_mode(bench.unet, True), pipe._guided_unet(checkpointing is not None, bool(checkpointing)):
+            results[name] = attempt(lambda: runtime.measure(step, count_flops(step)[0]))
+        if name != "no_grad_step" and "median_ms" in results[name] and "median_ms" in results["no_grad_step"]:
+            results[name]["x_no_grad"] = results[name]["median_ms"] / results["no_grad_step"]["median_ms"]
+        log(f"  guidance_step {name}: {results[name].get('median_ms')} ms")
+    return results
+
+
+def section_vae_decode(bench: ModelBench) -> dict[str, Any]:
+    pipe, runtime = bench.pipe, bench.runtime
+    resolution = max(bench.args.resolutions)
+    size = bench.latent_size(resolution)
+    generator = torch.Generator(device="cpu").manual_seed(2)
+    pixels = (torch.rand(1, 3, resolution, resolution, generator=generator) * 2 - 1).to(runtime.device, pipe.vae.dtype)
+    _, features = pipe.encode_mixture(pixels)
+    latents = torch.randn(2, pipe.vae.config.latent_channels, size, size, generator=generator)
+    latents = latents.to(runtime.device, pipe.unet.dtype)
+
+    def decode_fgfm(latents: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
+        return pipe.decode_latents(latents, list(features), pipe.config.default_fgfm_strength)
+
+    def decode_plain(latents: torch.Tensor) -> torch.Tensor:
+        return pipe.decode_latents(latents, [], 0.0)
+
+    results: dict[str, Any] = {"resolution": resolution, "rows": 2, "fgfm_strength": pipe.config.default_fgfm_strength}
+    for name, fn, args in (("fgfm", decode_fgfm, (latents, *features)), ("plain", decode_plain, (latents,))):
+        flops, _ = count_flops(lambda: fn(*args))
+        results[name] = {
+            "flops": flops,
+            "eager": attempt(lambda: runtime.measure(lambda: fn(*args), flops)),
+            "cuda_graph": bench.measure_graphed(fn, args, flops),
+        }
+    return results
+
+
+def kernel_category(name: str) -> str:
+    """Kind of a CUDA kernel from its name: attention, convolution, linear (GEMM) or rest."""
+    lowered = name.lower()
+    if any(word in lowered for word in ("flash", "fmha", "sdpa", "attention", "attn")):
+        return "attention"
+    # cuDNN convolutions are implicit GEMMs; test them before the plain GEMM names. ("convert" is not a convolution.)
+    if re.search(r"conv(?!ert)|implicit|winograd|fprop|dgrad|wgrad|cudnn", lowered):
+        return "convolution"
+    if any(word in lowered for word in ("gemm", "cutlass", "xmma", "sm90", "sm100", "nvjet", "cublas")):
+        return "linear"
+    return "rest"
+
+
+def section_profile(bench: ModelBench) -> dict[str, Any]:
+    if not bench.runtime.is_cuda:
+        return dict(NEEDS_CUDA)
+    resolution = max(bench.args.resolutions)
+    steps = bench.args.profile_steps
+    inputs = bench.step_inputs(resolution)
+    flops, _ = bench.step_flops(resolution, True)
+    step = lambda: bench.unet_forward(*inputs)
+    with attention_mode(bench.unet, True):
+        timing = bench.runtime.measure(step, flops)
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as profiler:
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+    kernels: dict[str, float] = {}
+    for event in profiler.events():
+        if event.device_type == DeviceType.CUDA and not event.is_user_annotation:
+            kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time_total / 1e3 / steps  # ms per step
+    categories = {kind: {"ms": 0.0, "kernels": 0} for kind in ("attention", "convolution", "linear", "rest")}
+    for name, milliseconds in kernels.items():
+        categories[kernel_category(name)]["ms"] += milliseconds
+        categories[kernel_category(name)]["kernels"] += 1
+    busy_ms = sum(kernels.values())
+    for entry in categories.values():
+        entry["share"] = entry["ms"] / busy_ms if busy_ms else 0.0
+    top = sorted(kernels.items(), key=lambda item: -item[1])[:20]
+    return {
+        "resolution": resolution,
+        "attention": "clsa",
+        "profiled_steps": steps,
+        "step": timing,
+        "device_busy_ms_per_step": busy_ms,
+        "device_busy_fraction": busy_ms / timing["median_ms"],
+        "categories": categories,
+        "category_rules": "attention: flash/fmha/sdpa/attention/attn; convolution: conv/implicit/winograd/fprop/"
+        "dgrad/wgrad/cudnn (cuDNN's layout transforms included); linear: gemm/cutlass/xmma/sm90/nvjet/cublas; rest",
+        "top_kernels": [{"name": name[:160], "category": kernel_category(name), "ms_per_step": ms} for name, ms in top],
+    }
+
+
+def measure_pipeline_call(bench: ModelBench, call: Callable[[], Any]) -> dict[str, Any]:
+    """FLOPs of a pipeline call, its time eager and with its no-grad UNet calls replayed from CUDA graphs."""
+    runtime, args = bench.runtime, bench.args
+    flops, _ = count_flops(call)  # also the eager warm-up call
+    eager = runtime.measure(call, flops, warmup=0, repeats=args.pipeline_repeats)
+    if runtime.is_cuda:
+        with graphed_unet_calls(bench.pipe):
+            graphed = attempt(lambda: runtime.measure(call, flops, warmup=1, repeats=args.pipeline_repeats))
+    else:
+        graphed = dict(NEEDS_CUDA)
+    for measured in (eager, graphed):
+        if "median_ms" in measured:
+            measured["ms_per_step"] = measured["median_ms"] / args.steps
+    return {"flops": flops, "eager": eager, "cuda_graph_unet": graphed}
+
+
+def section_pipeline(bench: ModelBench) -> dict[str, Any]:
+    args = bench.args
+    results: dict[str, Any] = {"steps": args.steps, "output_type": "pt"}
+    for resolution in args.resolutions:
+        entry: dict[str, Any] = {}
+        for mode in GUIDANCE_MODES:
+            call = bench.pipeline_call(resolution, mode)
+            entry[mode] = attempt(lambda: measure_pipeline_call(bench, call))
+            log(f"  pipeline {resolution} {mode}: eager {lookup(entry[mode], 'eager', 'median_ms')} ms")
+        results[str(resolution)] = entry
+    return results
+
+
+def section_tiled(bench: ModelBench) -> dict[str, Any]:
+    runtime, args, pipe = bench.runtime, bench.args, bench.pipe
+    size, tile = args.tiled_size, args.tile_size
+    overlap = tile // 4
+    image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(3))
+    tile_image = image[:, :tile, :tile]
+
+    def call(pixels: torch.Tensor, steps: int) -> Any:
+        return pipe(pixels, num_inference_steps=steps, processing_resolution=0, tile_size=tile, tile_overlap=overlap,
+                    output_type="pt", generator=torch.Generator().manual_seed(0))
+
+    tiles = len(tile_boxes(size, size, tile, overlap))
+    tile_flops, _ = count_flops(lambda: call(tile_image, args.steps))  # one tile's work; also the eager warm-up
+    flops = tiles * tile_flops
+    results: dict[str, Any] = {
+        "image_size": size, "tile_size": tile, "tile_overlap": overlap, "tiles": tiles, "steps": args.steps,
+        "guidance_mode": pipe.config.default_guidance_mode, "flops_estimated_as_tiles_x_one_tile": flops,
+        "eager": runtime.measure(lambda: call(image, args.steps), flops, warmup=0, repeats=1),
+    }
+    if runtime.is_cuda:
+        with graphed_unet_calls(pipe):
+            call(tile_image, 1)  # captures the tile's graph
+            results["cuda_graph_unet"] = runtime.measure(lambda: call(image, args.steps), flops, warmup=0, repeats=1)
+    else:
+        results["cuda_graph_unet"] = dict(NEEDS_CUDA)
+    return results
+
+
+SECTION_FUNCTIONS: dict[str, Callable[[ModelBench], dict[str, Any]]] = {
+    "unet_step": section_unet_step,
+    "sdpa_backends": section_sdpa_backends,
+    "guidance_step": section_guidance_step,
+    "vae_decode": section_vae_decode,
+    "profile": section_profile,
+    "pipeline": section_pipeline,
+    "tiled": section_tiled,
+    "compile": section_compile,
+}
+
+
+# --------------------------------------------------------------------------------------------- targets
+
+
+def lookup(results: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(results, dict) or key not in results:
+            return None
+        results = results[key]
+    return results
+
+
+def best_of(results: dict[str, Any], paths: list[tuple[str, ...]], key: str) -> float | None:
+    """Smallest ``key`` over the measurements at ``paths`` (eager and optimized forms of one workload)."""
+    values = [lookup(results, *path, key) for path in paths]
+    values = [v for v in values if isinstance(v, (int, float))]
+    return min(values) if values else None
+
+
+def step_paths(resolution: str) -> list[tuple[str, ...]]:
+    paths = [("unet_step", resolution, variant, form) for variant in ("clsa", "clsa_channels_last")
+             for form in ("eager", "cuda_graph")]
+    paths += [("compile", resolution, form) for form in ("compiled", "compiled_cuda_graph")]
+    return paths + [("sdpa_backends", resolution, backend) for backend in ("default", *SDPA_BACKENDS)]
+
+
+def pipeline_seconds(results: dict[str, Any]) -> float | None:
+    paths = []
+    if lookup(results, "pipeline", "steps") == 50:
+        paths += [("pipeline", "960", "fast", form) for form in ("eager", "cuda_graph_unet")]
+    compiled = lookup(results, "compile", "pipeline") or {}
+    if compiled.get("steps") == 50 and compiled.get("resolution") == 960:
+        paths += [("compile", "pipeline", form) for form in ("compiled", "compiled_cuda_graph_unet")]
+    best = best_of(results, paths, "median_ms")
+    return best / 1e3 if best is not None else None
+
+
+# The targets of issue 11 (one H200, bf16, SD 2.1 architecture): (description, limit, reader of the best value).
+TARGETS: list[tuple[str, float, Callable[[dict[str, Any]], float | None]]] = [
+    ("dual-branch UNet+CLSA step at 960, multiple of its compute floor", 1.25,
+     lambda r: best_of(r, step_paths("960"), "x_floor")),
+    ("dual-branch UNet+CLSA step at 512, ms", 5.0, lambda r: best_of(r, step_paths("512"), "median_ms")),
+    ("full method (guidance fast, disjoint, FGFM), 50 steps at 960, s", 1.0, pipeline_seconds),
+    ("full-gradient guidance step / no-grad step at 960", 2.5,
+     lambda r: best_of(r, [("guidance_step", v) for v in ("full", "full_without_checkpointing")], "x_no_grad")
+     if lookup(r, "guidance_step", "resolution") == 960 else None),
+    ("full-gradient guidance step at 960, peak GiB", 8.0,
+     lambda r: best_of(r, [("guidance_step", v) for v in ("full", "full_without_checkpointing")], "peak_gib")
+     if lookup(r, "guidance_step", "resolution") == 960 else None),
+    ("2048x2048 tiled call, peak GiB", 16.0,
+     lambda r: best_of(r, [("tiled", "eager"), ("tiled", "cuda_graph_unet")], "peak_gib")
+     if lookup(r, "tiled", "image_size") == 2048 else None),
+]
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 11 with the best measured value (eager or optimized); ``None`` where not measured."""
+    evaluated = []
+    for description, limit, read in TARGETS:
+        value = read(results)
+        evaluated.append({"target": description, "limit": limit, "measured": value,
+                          "met": None if value is None else value <= limit})
+    return evaluated
+
+
+# --------------------------------------------------------------------------------------------- driver
+
+
+def environment(runtime: Runtime) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": str(runtime.device),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if runtime.is_cuda:
+        properties = torch.cuda.get_device_properties(runtime.device)
+        info.update({
+            "gpu": properties.name,
+            "gpu_memory_gib": properties.total_memory / GIB,
+            "compute_capability": f"{properties.major}.{properties.minor}",
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        })
+    return info
+
+
+def default_output(runtime: Runtime, tiny: bool) -> Path:
+    if runtime.is_cuda:
+        name = torch.cuda.get_device_name(runtime.device).replace("NVIDIA", "")
+        prefix = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    else:
+        prefix = "cpu_tiny" if tiny else "cpu"
+    return Path(__file__).resolve().parent / "results" / f"{prefix}_{datetime.date.today().isoformat()}.json"
+
+
+class Report:
+    """The JSON result, rewritten (atomically) after every section."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(self) -> None:
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(json.dumps(self.data, indent=2, default=str))
+        os.replace(temporary, self.path)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="the tiny test model and small sizes (CPU smoke run)")
+    parser.add_argument("--model", help="folder of our shipped small model (skipped when absent)")
+    parser.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all but compile)")
+    parser.add_argument("--compile", action="store_true", help="add the torch.compile section")
+    parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode (default: its default mode)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="bf16 (default; fp32 with --tiny)")
+    parser.add_argument("--resolutions", type=lambda s: [int(v) for v in s.split(",")], help="default 512,960")
+    parser.add_argument("--steps", type=int, help="sampling steps of pipeline calls (default 50)")
+    parser.add_argument("--repeats", type=int, help="timed repeats of each step measurement (default 20)")
+    parser.add_argument("--warmup", type=int, help="warm-up calls before them (default 3)")
+    parser.add_argument("--pipeline-repeats", type=int, help="timed repeats of each pipeline call (default 2)")
+    parser.add_argument("--tiled-size", type=int, help="side of the tiled image (default 2048)")
+    parser.add_argument("--tile-size", type=int, help="tile side (default 960)")
+    parser.add_argument("--matmul-size", type=int, help="side of the square matmul that sets the rate (default 8192)")
+    parser.add_argument("--profile-steps", type=int, help="steps recorded by the profiler (default 3)")
+    parser.add_argument("--text-layers", type=int, default=2, help="CLIP layers of the SD 2.1 model (SD 2.1 uses 23)")
+    parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--output", type=Path, help="JSON path (default benchmarks/results/<gpu>_<date>.json)")
+    args = parser.parse_args(argv)
+    for key, value in PROFILES["tiny" if args.tiny else "full"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    chosen = {s.strip() for s in args.only.split(",")} if args.only else set(DEFAULT_SECTIONS)
+    chosen |= {"compile"} if args.compile else set()
+    if chosen - set(SECTIONS):
+        parser.error(f"unknown sections {sorted(chosen - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
+    args.sections = [s for s in SECTIONS if s in chosen]
+    if args.warmup < 1 or args.repeats < 1 or args.pipeline_repeats < 1:
+        parser.error("--warmup, --repeats and --pipeline-repeats must be at least 1")
+    return args
+
+
+# A model under test: its builder (``None``: skipped) and a note saying what it is, or why it is skipped.
+ModelEntry = tuple[Callable[[], ReflectionSeparationPipeline] | None, str]
+
+
+def model_builders(args: argparse.Namespace, runtime: Runtime) -> dict[str, ModelEntry]:
+    builders: dict[str, ModelEntry] = {}
+    if args.tiny:
+        builders["tiny_random"] = (
+            lambda: build_pipeline().to(device=runtime.device, dtype=runtime.dtype),
+            "the test suite's tiny model (components.build_pipeline), random weights",
+        )
+    else:
+        builders["sd21_arch_random"] = (
+            lambda: build_sd21_pipeline(args.text_layers, runtime.device, runtime.dtype),
+            f"SD 2.1 architecture, random weights; CLIP text encoder of width 1024 with {args.text_layers} layers "
+            "(SD 2.1: 23): it runs once per call on the two prompts, so its cost is negligible",
+        )
+    if args.model is None:
+        builders["small_model"] = (None, "no --model folder given")
+    elif not Path(args.model).is_dir():
+        builders["small_model"] = (None, f"--model folder {args.model} does not exist")
+    else:
+
+        def load() -> ReflectionSeparationPipeline:
+            pipe = ReflectionSeparationPipeline.from_pretrained(args.model, torch_dtype=runtime.dtype)
+            return pipe.to(runtime.device)
+
+        builders["small_model"] = (load, f"our shipped small model from {args.model}")
+    return builders
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    runtime = Runtime(torch.device(args.device), DTYPES[args.dtype], args.warmup, args.repeats)
+    if runtime.is_cuda:
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    started = time.perf_counter()
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    report = Report(args.output or default_output(runtime, args.tiny), {
+        "description": "reflection-separation GPU benchmark (issue 11); see benchmarks/benchmark_gpu.py",
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "status": "running",
+        "environment": environment(runtime),
+        "settings": settings,
+        "notes": [
+            ("times: median of `repeats` after `warmup` calls (CUDA events); peak_gib: torch.cuda.max_memory_allocated "
+             "from a reset before the warm-ups, weights included"),
+            ("flops: torch.utils.flop_counter (matmuls, convolutions, attention; elementwise and normalization work "
+             "is not counted); floor_ms = flops / measured matmul rate; x_floor = median_ms / floor_ms"),
+            ("cuda_graph: the whole function replayed from one CUDA graph per shape (inputs copied into static "
+             "buffers); cuda_graph_unet: the pipeline's no-grad UNet calls replayed, the rest eager"),
+        ],
+        "matmul": None,
+        "models": {},
+    })
+    log(f"writing {report.path}")
+
+    report.data["matmul"] = measure_matmul(runtime, args.matmul_size)
+    runtime.matmul_flops_per_s = report.data["matmul"]["tflops"] * 1e12
+    log(f"matmul {args.matmul_size}^3 {args.dtype}: {report.data['matmul']['tflops']:.1f} TFLOP/s")
+    report.save()
+
+    for name, (build, note) in model_builders(args, runtime).items():
+        if build is None:
+            report.data["models"][name] = {"skipped": note}
+            report.save()
+            continue
+        log(f"building {name}")
+        pipe = build()
+        pipe.set_progress_bar_config(disable=True)
+        results: dict[str, Any] = {"components": describe_components(pipe, note)}
+        report.data["models"][name] = results
+        bench = ModelBench(pipe, runtime, args)
+        for section in args.sections:
+            log(f"{name}: {section}")
+            section_start = time.perf_counter()
+            try:
+                with torch.no_grad():
+                    results[section] = SECTION_FUNCTIONS[section](bench)
+            except Exception as error:  # keep the other sections' results
+                traceback.print_exc()
+                results[section] = {"error": describe(error)}
+            if isinstance(results[section], dict):
+                results[section]["section_seconds"] = time.perf_counter() - section_start
+            clear_memory()
+            report.save()
+        results["targets"] = evaluate_targets(results)
+        report.save()
+        del bench, pipe
+        clear_memory()
+
+    report.data["status"] = "complete"
+    report.data["total_seconds"] = time.perf_counter() - started
+    report.save()
+    log(f"done in {report.data['total_seconds']:.0f} s: {report.path}")
+    return report.data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The GPU benchmark script runs every section in its tiny CPU smoke mode and writes a complete JSON."""
+
+import importlib.util
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from reflection_separation.components import build_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_gpu", ROOT / "benchmarks" / "benchmark_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_script()
+
+
+def walk(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield f"{path}.{key}", item
+            yield from walk(item, f"{path}.{key}")
+
+
+def test_tiny_cpu_run_writes_every_section(bench, tmp_path):
+    output = tmp_path / "bench.json"
+    report = bench.main(["--device", "cpu", "--tiny", "--compile", "--compile-backend", "eager",
+                         "--output", str(output)])
+    assert json.loads(output.read_text()) == json.loads(json.dumps(report, default=str))
+    assert report["status"] == "complete" and report["environment"]["torch"] == torch.__version__
+    assert report["matmul"]["tflops"] > 0
+    assert not [path for path, _ in walk(report) if path.endswith(".error")]
+
+    model = report["models"]["tiny_random"]
+    assert set(bench.SECTIONS) | {"components", "targets"} <= set(model)
+    for resolution in ("32", "48"):
+        step = model["unet_step"][resolution]
+        assert step["plain"]["flops"] > 0
+        assert step["clsa"]["flops"] > step["plain"]["flops"]  # CLSA attends over twice the keys
+        assert step["clsa"]["eager"]["x_floor"] > 0 and step["clsa"]["eager"]["floor_ms"] > 0
+        for mode in ("off", "fast", "full"):
+            assert model["pipeline"][resolution][mode]["flops"] > 0
+        assert model["pipeline"][resolution]["full"]["flops"] > model["pipeline"][resolution]["off"]["flops"]
+    assert model["guidance_step"]["full"]["x_no_grad"] > 1
+    assert model["vae_decode"]["fgfm"]["flops"] > model["vae_decode"]["plain"]["flops"]
+    assert model["tiled"]["tiles"] > 1 and model["tiled"]["eager"]["median_ms"] > 0
+    assert model["compile"]["warmup_total_s"] > 0 and model["compile"]["pipeline"]["compiled"]["median_ms"] > 0
+
+    # CUDA-only parts are marked, not silently missing
+    skipped = {path for path, value in walk(report) if value == "needs CUDA"}
+    for path in (".sdpa_backends", ".profile", ".unet_step.48.clsa.cuda_graph", ".vae_decode.fgfm.cuda_graph",
+                 ".pipeline.48.fast.cuda_graph_unet", ".tiled.cuda_graph_unet", ".compile.48.compiled_cuda_graph"):
+        assert f".models.tiny_random{path}.skipped" in skipped, path
+    assert report["models"]["small_model"] == {"skipped": "no --model folder given"}
+    assert [t["measured"] for t in model["targets"]] == [None] * len(bench.TARGETS)  # tiny sizes: no 512/960
+
+
+def test_model_folder_is_benchmarked_or_skipped(bench, tmp_path):
+    build_pipeline(seed=1).save_pretrained(tmp_path / "small")
+    report = bench.main(["--device", "cpu", "--tiny", "--only", "unet_step", "--model", str(tmp_path / "small"),
+                         "--output", str(tmp_path / "a.json")])
+    assert report["models"]["small_model"]["unet_step"]["48"]["clsa"]["flops"] > 0
+    assert set(report["models"]["tiny_random"]) == {"components", "unet_step", "targets"}
+    report = bench.main(["--device", "cpu", "--tiny", "--only", "unet_step", "--model", str(tmp_path / "missing"),
+                         "--output", str(tmp_path / "b.json")])
+    assert "does not exist" in report["models"]["small_model"]["skipped"]
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cpu", "--tiny", "--only", "nonsense"])
+
+
+def test_kernel_categories(bench):
+    names = {
+        "pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4>>": "attention",
+        "fmha_cutlassF_bf16_aligned_64x64_rf_sm80": "attention",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3": "attention",
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64": "convolution",
+        "void cudnn::winograd_nonfused::winogradForwardData4x4<float, __nv_bfloat16>": "convolution",
+        "cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized_bf16_64x64_64x5_nhwc>": "convolution",
+        "nvjet_tst_128x256_64x4_2x1_v_bz_coopA_NNT": "linear",
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1": "linear",
+        "void at::native::elementwise_kernel<128, 2, convert_kernel>": "rest",
+        "void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<c10::BFloat16, float>": "rest",
+        "Memcpy HtoD (Pageable -> Device)": "rest",
+    }
+    assert {name: bench.kernel_category(name) for name in names} == names
+
+
+def test_targets_read_the_best_measured_form(bench):
+    step = {"eager": {"median_ms": 30.0, "x_floor": 2.0}, "cuda_graph": {"median_ms": 20.0, "x_floor": 1.2}}
+    results = {
+        "unet_step": {"960": {"clsa": step}, "512": {"clsa": {"eager": {"median_ms": 6.0}}}},
+        "sdpa_backends": {"960": {"cudnn": {"unsupported": "RuntimeError: no kernel"}}},
+        "pipeline": {"steps": 50, "960": {"fast": {"eager": {"median_ms": 1500.0}}}},
+        "compile": {"pipeline": {"steps": 50, "resolution": 960, "compiled": {"median_ms": 900.0}}},
+        "guidance_step": {"resolution": 960, "full": {"x_no_grad": 3.0, "peak_gib": 20.0},
+                          "full_without_checkpointing": {"x_no_grad": 2.9, "peak_gib": 7.0}},
+    }
+    evaluated = {t["target"]: (t["measured"], t["met"]) for t in bench.evaluate_targets(results)}
+    assert list(evaluated.values()) == [(1.2, True), (6.0, False), (0.9, True), (2.9, False), (7.0, True),
+                                        (None, None)]
+
+
+def test_graphed_unet_calls_swap_and_restore_predict_noise(bench, tiny_pipe):
+    latents, mixture = torch.randn(2, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    prompts, timestep = tiny_pipe.encode_layer_prompts(), torch.tensor(10)
+    expected = tiny_pipe.predict_noise(latents, timestep, mixture, prompts)
+    with bench.graphed_unet_calls(tiny_pipe):
+        assert isinstance(tiny_pipe.predict_noise, bench.CUDAGraphed)
+        with torch.enable_grad():  # calls with gradients (the "full" guidance) stay eager
+            assert torch.equal(tiny_pipe.predict_noise(latents, timestep, mixture, prompts), expected)
+    assert "predict_noise" not in vars(tiny_pipe)
