@@ -55,15 +55,14 @@ from typing import Any
 import diffusers
 import torch
 import transformers
-from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from torch.autograd import DeviceType
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from reflection_separation import ReflectionSeparationPipeline
 from reflection_separation.attention import set_cross_layer_attention, uses_cross_layer_attention
-from reflection_separation.components import build_pipeline, make_clip_tokenizer
+from reflection_separation.components import build_pipeline, make_clip_tokenizer, make_scheduler, make_text_encoder
 from reflection_separation.composition import LatentCompositionGuidance, LatentCompositionNet
 from reflection_separation.scheduling import DisjointSampling
 from reflection_separation.tiling import tile_boxes
@@ -332,32 +331,9 @@ def build_sd21_pipeline(text_layers: int, device: torch.device, dtype: torch.dty
             sample_size=768,
             scaling_factor=0.18215,
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=514,  # the offline character-level tokenizer
-                hidden_size=1024,
-                intermediate_size=4096,
-                num_hidden_layers=text_layers,
-                num_attention_heads=16,
-                max_position_embeddings=77,
-                hidden_act="gelu",
-                bos_token_id=512,
-                eos_token_id=513,
-                pad_token_id=513,
-            )
-        )
+        text_encoder = make_text_encoder(1024, text_layers, 16, 77)  # gelu vs quick_gelu: same cost
         composition_net = LatentCompositionNet()
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        timestep_spacing="trailing",
-        prediction_type="v_prediction",  # SD 2.1 (768); the cost is the same for epsilon
-    )
+    scheduler = make_scheduler("v_prediction")  # SD 2.1 (768); the cost is the same for epsilon
     pipe = ReflectionSeparationPipeline(
         vae=vae,
         unet=unet,

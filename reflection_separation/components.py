@@ -90,6 +90,38 @@ class ModelSizeConfig:
         return asdict(self)
 
 
+def make_scheduler(prediction_type: str = "epsilon", num_train_timesteps: int = 1000) -> DDIMScheduler:
+    """Stable Diffusion's noise schedule with DDIM sampling on trailing timesteps (good at few steps)."""
+    return DDIMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="trailing",
+        prediction_type=prediction_type,
+    )
+
+
+def make_text_encoder(hidden_size: int, layers: int, heads: int, max_length: int) -> CLIPTextModel:
+    """A randomly initialized CLIP text encoder matching :func:`make_clip_tokenizer`'s vocabulary."""
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=514,
+            hidden_size=hidden_size,
+            intermediate_size=4 * hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=max_length,
+            bos_token_id=512,
+            eos_token_id=513,
+            pad_token_id=513,
+        )
+    )
+
+
 def build_pipeline(config: ModelSizeConfig | None = None, seed: int = 0) -> ReflectionSeparationPipeline:
     """A randomly initialized pipeline of the given sizes (deterministic for a seed)."""
     config = config or ModelSizeConfig()
@@ -116,18 +148,8 @@ def build_pipeline(config: ModelSizeConfig | None = None, seed: int = 0) -> Refl
         norm_num_groups=config.unet_norm_groups,
         sample_size=32,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=514,
-            hidden_size=config.text_hidden_size,
-            intermediate_size=4 * config.text_hidden_size,
-            num_hidden_layers=config.text_layers,
-            num_attention_heads=config.text_heads,
-            max_position_embeddings=config.text_max_length,
-            bos_token_id=512,
-            eos_token_id=513,
-            pad_token_id=513,
-        )
+    text_encoder = make_text_encoder(
+        config.text_hidden_size, config.text_layers, config.text_heads, config.text_max_length
     )
     composition_net = LatentCompositionNet(
         latent_channels=config.latent_channels,
@@ -135,17 +157,7 @@ def build_pipeline(config: ModelSizeConfig | None = None, seed: int = 0) -> Refl
         num_blocks=config.composition_blocks,
         norm_groups=config.composition_norm_groups,
     )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=config.num_train_timesteps,
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        timestep_spacing="trailing",
-        prediction_type=config.prediction_type,
-    )
+    scheduler = make_scheduler(config.prediction_type, config.num_train_timesteps)
     return ReflectionSeparationPipeline(
         vae=vae,
         unet=unet,
