@@ -1,10 +1,14 @@
 """Shared fixtures: tiny components built in code, no network."""
 
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,3 +36,25 @@ def generator(seed: int) -> torch.Generator:
 
 
 FAST = {"num_inference_steps": 3, "processing_resolution": 64, "output_type": "np"}
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: str) -> ModuleType:
+    """Import a script that is not part of the package (e.g. ``benchmarks/ablation.py``) as a module."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_photos(folder: Path, count: int = 30) -> Path:
+    """``count`` small colour-ramp-plus-noise photos, enough for both sides of a 40 % validation split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        ramp = np.linspace(0, 1, 48)[None, :, None] * rng.random(3)
+        image = np.clip(ramp + rng.random((48, 48, 3)) * 0.3, 0, 1)
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"photo_{i:02d}.png")
+    return folder

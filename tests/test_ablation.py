@@ -1,33 +1,17 @@
 """The ablation script runs every row on held-out mixtures and writes its JSON and table."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from reflection_separation.components import build_pipeline
 from reflection_separation.training import build_control_regressor
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_script, write_photos
 
 
 def test_ablation_rows_on_tiny_models(tmp_path):
-    rng = np.random.default_rng(0)
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(30):
-        ramp = np.linspace(0, 1, 48)[None, :, None] * rng.random(3)
-        image = np.clip(ramp + rng.random((48, 48, 3)) * 0.3, 0, 1)
-        Image.fromarray((image * 255).astype(np.uint8)).save(photos / f"photo_{i:02d}.png")
+    photos = write_photos(tmp_path / "photos")
     main = build_pipeline()
     main.save_pretrained(tmp_path / "main")
     baseline = build_pipeline(seed=1)
@@ -36,7 +20,7 @@ def test_ablation_rows_on_tiny_models(tmp_path):
     build_control_regressor((8, 16)).save_pretrained(tmp_path / "control")
 
     output = tmp_path / "ablation.json"
-    report = load_script().main([
+    report = load_script("benchmarks/ablation.py").main([
         "--pipeline", str(tmp_path / "main"), "--baseline", str(tmp_path / "baseline"),
         "--control", str(tmp_path / "control"), "--photos", str(photos), "--validation-fraction", "0.4",
         "--num-images", "3", "--resolution", "32", "--steps", "2", "--batch-size", "2", "--device", "cpu",

@@ -1,9 +1,7 @@
 """The GPU benchmark script runs every section in its tiny CPU smoke mode and writes a complete JSON."""
 
-import importlib.util
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,19 +9,12 @@ import torch
 
 from reflection_separation.components import build_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_gpu", ROOT / "benchmarks" / "benchmark_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_script()
+    return load_script("benchmarks/benchmark_gpu.py")
 
 
 def walk(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:

@@ -1,27 +1,18 @@
 """The model card is generated from the measured JSON files, and the committed one is up to date."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("make_model_card", ROOT / "benchmarks" / "make_model_card.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_script
 
 
 def test_committed_card_is_what_the_script_writes():
-    assert load_script().main(["--check"]) == 0
+    assert load_script("benchmarks/make_model_card.py").main(["--check"]) == 0
 
 
 def test_card_has_hub_front_matter_and_the_ablation_table(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    script = load_script()
+    script = load_script("benchmarks/make_model_card.py")
     empty = script.build_card(results, None)
     assert empty.startswith("---\nlicense: apache-2.0\nlibrary_name: diffusers\npipeline_tag: image-to-image\n")
     assert "No trained model has been measured yet" in empty and "base_model" not in empty

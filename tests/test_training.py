@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from reflection_separation import ReflectionSeparationPipeline
 from reflection_separation.attention import uses_cross_layer_attention
@@ -23,18 +22,12 @@ from reflection_separation.training import (
     train_stage,
 )
 
-from .conftest import FAST, generator
+from .conftest import FAST, generator, write_photos
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(30):
-        ramp = np.linspace(0, 1, 48)[None, :, None] * rng.random(3)
-        image = np.clip(ramp + rng.random((48, 48, 3)) * 0.3, 0, 1)
-        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"photo_{i:02d}.png")
-    return folder
+    return write_photos(tmp_path_factory.mktemp("photos"))
 
 
 def run_config(photos, output_dir, steps=6, ema=None) -> TrainingConfig:
