@@ -30,6 +30,7 @@ the EMA weights as safetensors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,7 +39,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
@@ -218,8 +220,8 @@ class Objective(nn.Module):
             latents, _ = self.pipe.encode_mixture(_to_model_range(images))
         return latents
 
-    def finalize(self, accelerator: Accelerator, batches: Iterator[dict[str, torch.Tensor]]) -> None:
-        """Hook run once after training, before the pipeline is saved."""
+    def finalize(self, accelerator: Accelerator, batch: dict[str, torch.Tensor]) -> None:
+        """Hook run once after training, before the pipeline is saved, with the validation batch."""
 
 
 class VAEObjective(Objective):
@@ -236,11 +238,11 @@ class VAEObjective(Objective):
         reconstruction = self.trainable.decode(latents).sample
         return pixel_loss(reconstruction, images) + 1e-6 * posterior.kl().mean()
 
-    def finalize(self, accelerator: Accelerator, batches: Iterator[dict[str, torch.Tensor]]) -> None:
+    def finalize(self, accelerator: Accelerator, batch: dict[str, torch.Tensor]) -> None:
         vae = self.pipe.vae
         with torch.no_grad():
             vae.register_to_config(scaling_factor=1.0)
-            latents = torch.cat([self.encode(next(batches)["mixture"].to(vae.device)) for _ in range(4)])
+            latents = self.encode(batch["mixture"].to(vae.device))
             scale = 1.0 / latents.float().std().item()
         vae.register_to_config(scaling_factor=scale)
         accelerator.print(f"latent scaling_factor set to {scale:.5f}")
@@ -474,8 +476,6 @@ def _save_ema(ema: EMAModel, module: nn.Module, path: Path) -> None:
 
 
 def _load_ema(ema: EMAModel, module: nn.Module, path: Path) -> None:
-    from safetensors import safe_open
-
     tensors = load_file(str(path))
     names = [name for name, p in module.named_parameters() if p.requires_grad]
     for shadow, name in zip(ema.shadow_params, names):
@@ -576,7 +576,8 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
     ema = EMAModel(parameters, decay=settings.ema_decay) if settings.ema_decay else None
     model, optimizer = accelerator.prepare(objective, optimizer)
 
-    photos = prepare_photos(config) if accelerator.is_main_process else None
+    if accelerator.is_main_process:  # writes the resized cache once; the others then find it complete
+        prepare_photos(config)
     accelerator.wait_for_everyone()
     photos = prepare_photos(config)
     common = {"resolution": config.resolution, "seed": config.seed, "validation_fraction": config.validation_fraction}
@@ -607,7 +608,7 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
         for micro in range(accumulation):
             batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
             sync = micro == accumulation - 1
-            context = accelerator.no_sync(model) if not sync else _null_context()
+            context = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
             with context, autocast:
                 loss = model(batch, source.generators(step, micro)) / accumulation
@@ -658,7 +659,7 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
     if accelerator.is_main_process and stage == "control":
         objective.trainable.save_pretrained(config.control_dir)
     elif accelerator.is_main_process:
-        objective.finalize(accelerator, (val_batch for _ in iter(int, 1)))
+        objective.finalize(accelerator, val_batch)
         pipe.to("cpu")
         pipe.save_pretrained(config.pipeline_dir)
         if config.push_to_hub:
@@ -666,14 +667,6 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return config.control_dir if stage == "control" else config.pipeline_dir
-
-
-class _null_context:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:
