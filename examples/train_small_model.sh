@@ -7,13 +7,13 @@
 set -euo pipefail
 CONFIG=${1:-examples/configs/small_model.json}
 EXPORT=${2:-reflection_separation/default_model}
-LAUNCH=${LAUNCH:-python}
+LAUNCH=${LAUNCH:-python3}
 $LAUNCH -m reflection_separation.training --config "$CONFIG" --stage vae unet composition fgfm
-python - "$CONFIG" "$EXPORT" <<'PY'
+python3 - "$CONFIG" "$EXPORT" <<'PY'
 import json, sys, torch
 from reflection_separation import ReflectionSeparationPipeline
 config = json.load(open(sys.argv[1]))
 pipe = ReflectionSeparationPipeline.from_pretrained(config["output_dir"] + "/pipeline")
-pipe.to(torch.float16).save_pretrained(sys.argv[2])
+pipe.to(torch.float16).save_pretrained(sys.argv[2], remote_code=False)  # loads with the package installed
 print("exported", sys.argv[2])
 PY

@@ -67,7 +67,9 @@ STAGES = ("vae", "unet", "composition", "fgfm", "control")
 class StageConfig:
     """Optimization settings of one stage; ``mixed_precision`` (``"no"``/``"bf16"``) overrides the run's.
 
-    ``channels_last`` stores the pipeline's convolutional models in NHWC, which cuDNN often runs faster.
+    ``batch_size`` is the global batch of one micro-step, summed over all processes: the same config trains
+    the same way on one GPU or several. ``channels_last`` stores the pipeline's convolutional models in NHWC,
+    which cuDNN often runs faster.
     """
 
     steps: int = 1000
@@ -410,9 +412,18 @@ def _seed(*parts: int) -> int:
 
 
 class BatchSource:
-    """Deterministic batches: micro-batch ``k`` of step ``s`` on process ``p`` depends on (seed, s, k, p) only."""
+    """Deterministic batches: micro-batch ``k`` of step ``s`` depends on (seed, s, k) only.
+
+    ``batch_size`` is the global batch, split round-robin over the processes, so a run gets the same samples
+    and noise on any number of GPUs and can resume from a checkpoint on a different number.
+    """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, process: int, num_processes: int) -> None:
+        if batch_size % num_processes:
+            raise ValueError(
+                f"The global batch_size {batch_size} must be divisible by the number of processes ({num_processes}); "
+                "change `batch_size` in the stage config or launch a divisor of it."
+            )
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
@@ -421,7 +432,7 @@ class BatchSource:
 
     def indices(self, step: int, micro: int) -> list[int]:
         generator = torch.Generator().manual_seed(_seed(self.seed, step, micro))
-        global_batch = torch.randint(0, len(self.dataset), (self.batch_size * self.num_processes,), generator=generator)
+        global_batch = torch.randint(0, len(self.dataset), (self.batch_size,), generator=generator)
         return global_batch[self.process :: self.num_processes].tolist()
 
     def batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
@@ -430,7 +441,7 @@ class BatchSource:
 
     def generators(self, step: int, micro: int) -> list[torch.Generator]:
         """One generator per local sample, seeded by the sample's position in the global batch."""
-        positions = range(self.batch_size * self.num_processes)[self.process :: self.num_processes]
+        positions = range(self.batch_size)[self.process :: self.num_processes]
         return [torch.Generator().manual_seed(_seed(self.seed + 1, step, micro, p)) for p in positions]
 
 
@@ -665,7 +676,6 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
         if config.push_to_hub:
             pipe.push_to_hub(config.push_to_hub)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
     return config.control_dir if stage == "control" else config.pipeline_dir
 
 
@@ -703,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainingConfig.from_file(args.config)
     for stage in args.stage:
         train_stage(config, stage, stop_after=args.stop_after)
+    Accelerator().end_training()  # once, after all stages: it tears down the process group the stages share
     return 0
 
 

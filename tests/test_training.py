@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from reflection_separation.components import build_pipeline
 from reflection_separation.data import SyntheticReflectionDataset
 from reflection_separation.training import (
     STAGES,
+    BatchSource,
     TrainingConfig,
     build_objective,
     load_pipeline,
@@ -144,30 +146,39 @@ def test_baseline_overrides_turn_off_clsa_and_reset_the_unet(photos, tmp_path):
     assert torch.equal(pipe.vae.decoder.conv_out.weight, trained.vae.decoder.conv_out.weight)
 
 
-def test_two_processes_with_half_batches_match_one_process(photos, tmp_path):
-    """DDP with two CPU processes (batch 1 each) follows the single-process run (batch 2) step for step."""
+def _ddp_config(photos, folder: Path, steps: int) -> Path:
+    config_path = folder.with_suffix(".json")
+    config_path.write_text(json.dumps({
+        "output_dir": str(folder), "photos": str(photos), "resolution": 32, "num_samples": 64,
+        "validation_images": 2, "validation_fraction": 0.4,
+        "stages": {name: {"steps": steps, "batch_size": 2, "learning_rate": 1e-3, "validation_steps": 100,
+                          "checkpointing_steps": 2, "log_steps": 1} for name in ("composition", "unet")},
+    }))
+    return config_path
+
+
+def _train(config_path: Path, processes: int, *extra: str, stages: tuple[str, ...] = ("unet",)) -> None:
     import subprocess
     import sys
 
-    configs = {}
-    for name, batch in (("one", 2), ("two", 1)):
-        config = run_config(photos, tmp_path / name, steps=4)
-        config_path = tmp_path / f"{name}.json"
-        config_path.write_text(json.dumps({
-            "output_dir": config.output_dir, "photos": config.photos, "resolution": 32, "num_samples": 64,
-            "validation_images": 2, "validation_fraction": 0.4,
-            "stages": {"unet": {"steps": 4, "batch_size": batch, "learning_rate": 1e-3, "validation_steps": 100,
-                                "log_steps": 1}},
-        }))
-        configs[name] = (config, config_path)
     # torchrun is what `accelerate launch --multi_gpu` starts; on CPU, accelerate then uses gloo
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    train = ["-m", "reflection_separation.training", "--stage", "unet", "--config"]
-    subprocess.run([sys.executable, *train, str(configs["one"][1])], check=True, env=env, capture_output=True)
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    subprocess.run([*launch, *train, str(configs["two"][1])], check=True, env=env, capture_output=True)
-    one = ReflectionSeparationPipeline.from_pretrained(configs["one"][0].pipeline_dir).unet.state_dict()
-    two = ReflectionSeparationPipeline.from_pretrained(configs["two"][0].pipeline_dir).unet.state_dict()
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else [sys.executable]
+    command = [*launch, "-m", "reflection_separation.training", "--stage", *stages, "--config", str(config_path), *extra]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _unet(folder: Path) -> dict[str, torch.Tensor]:
+    return ReflectionSeparationPipeline.from_pretrained(folder / "pipeline").unet.state_dict()
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(photos, tmp_path):
+    """DDP with two CPU processes (batch 1 each) follows the single-process run (batch 2) step for step,
+    through two stages in one launch (they share the process group)."""
+    _train(_ddp_config(photos, tmp_path / "one", steps=4), 1, stages=("composition", "unet"))
+    _train(_ddp_config(photos, tmp_path / "two", steps=4), 2, stages=("composition", "unet"))
+    one, two = _unet(tmp_path / "one"), _unet(tmp_path / "two")
     initial = build_pipeline().unet.state_dict()
     moved = max((one[k] - initial[k]).abs().max().item() for k in one)
     # Adam's first steps are about lr * sign(grad): float summation order shows up at ~1e-5 of the weights
@@ -179,3 +190,23 @@ def test_two_processes_with_half_batches_match_one_process(photos, tmp_path):
     assert logs[1][0]["processes"] == 2
     for a, b in zip(*logs):
         assert abs(a["loss"] - b["loss"]) < 1e-5
+
+
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_checkpoint_on_n_processes_resumes_on_another_number(photos, tmp_path, first, then):
+    """Stopped after step 2 on ``first`` processes and resumed on ``then``: the same weights as one unbroken run."""
+    _train(_ddp_config(photos, tmp_path / "unbroken", steps=4), 1)
+    resumed = _ddp_config(photos, tmp_path / "resumed", steps=4)
+    _train(resumed, first, "--stop-after", "2")
+    _train(resumed, then)
+    unbroken, other = _unet(tmp_path / "unbroken"), _unet(tmp_path / "resumed")
+    initial = build_pipeline().unet.state_dict()
+    moved = max((unbroken[k] - initial[k]).abs().max().item() for k in unbroken)
+    assert max((unbroken[k] - other[k]).abs().max().item() for k in unbroken) < 0.05 * moved
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "unet" / "log.jsonl").read_text().splitlines()]
+    assert [r["processes"] for r in log if "loss" in r] == [first, first, then, then]
+
+
+def test_global_batch_must_split_evenly():
+    with pytest.raises(ValueError, match="divisible"):
+        BatchSource(list(range(10)), batch_size=3, seed=0, process=0, num_processes=2)
