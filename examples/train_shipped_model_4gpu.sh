@@ -1,47 +1,56 @@
 #!/usr/bin/env bash
-# How the shipped model, its ablation baseline and the control were trained: one 4-GPU machine, ~9 minutes.
-# The small models are too small for data parallelism to pay (see benchmarks/results/multi_gpu_unet.json),
-# so after the VAE (4-GPU DDP) the independent runs share the machine, one GPU each:
-#   GPU 0  shipped model: UNet with CLSA -> composition net C -> FGFM -> fp16 export into the package
-#   GPU 1  ablation baseline: the same UNet budget without CLSA, beside the same VAE
-#   GPU 2  control: pixel-space U-Net regressor, the same number of steps and batch
-#   GPU 3  multi-GPU check: the UNet stage on 1 GPU, then resumed on 2 GPUs and again on 1
-# then the ablation. Usage: bash examples/train_shipped_model_4gpu.sh [RESULTS_DIR]
+# How the shipped model, its ablation baseline and the control were trained: one 4-GPU machine, two parts of
+# under 10 minutes each (part 2 needs part 1's outputs). The small models are too small for data parallelism
+# to pay (benchmarks/results/multi_gpu_unet.json), so after the VAE (4-GPU DDP) independent runs share the
+# machine, one GPU each.
+#   part 1  VAE (DDP on 4 GPUs), then GPU 0: shipped model (UNet with CLSA -> composition net C -> FGFM ->
+#           fp16 export into the package); GPU 1: ablation baseline (same UNet budget without CLSA)
+#   part 2  GPU 0: control (pixel-space U-Net regressor, same steps and batch), then the ablation;
+#           GPUs 1-3: multi-GPU check: the UNet stage on 1 and on 2 GPUs with the same global batch, then
+#           each checkpoint resumed on the other number of GPUs
+# Usage: bash examples/train_shipped_model_4gpu.sh part1|part2 [RESULTS_DIR]
 set -uo pipefail
-RESULTS=${1:-runs/results}
+PART=$1
+RESULTS=${2:-runs/results}
 mkdir -p "$RESULTS"
 TRAIN="-m reflection_separation.training"
 MAIN=examples/configs/small_model.json
-on() { local gpu=$1; shift; CUDA_VISIBLE_DEVICES=$gpu OMP_NUM_THREADS=8 "$@"; }
+DDP="accelerate launch --multi_gpu --num_machines 1 --mixed_precision no --dynamo_backend no"
+on() { local gpus=$1; shift; CUDA_VISIBLE_DEVICES=$gpus OMP_NUM_THREADS=8 "$@"; }
 export_fp16() {  # export_fp16 PIPELINE_DIR TARGET
     python3 -c "import sys, torch; from reflection_separation import ReflectionSeparationPipeline as P; \
 P.from_pretrained(sys.argv[1]).to(torch.float16).save_pretrained(sys.argv[2], remote_code=False)" "$1" "$2"
 }
 
-accelerate launch --multi_gpu --num_processes 4 --num_machines 1 --mixed_precision no --dynamo_backend no \
-    $TRAIN --config $MAIN --stage vae || exit 1
-
-( on 0 python3 $TRAIN --config $MAIN --stage unet composition fgfm \
-    && export_fp16 runs/small_model/pipeline reflection_separation/default_model ) > "$RESULTS/main.log" 2>&1 &
-main=$!
-( on 1 python3 $TRAIN --config examples/configs/small_model_baseline.json --stage unet \
-    && export_fp16 runs/small_model_baseline/pipeline runs/baseline_fp16 ) > "$RESULTS/baseline.log" 2>&1 &
-baseline=$!
-( on 2 python3 $TRAIN --config $MAIN --stage control && python3 -c "import torch; from diffusers import UNet2DModel; \
+if [ "$PART" = part1 ]; then
+    $DDP --num_processes 4 $TRAIN --config $MAIN --stage vae || exit 1
+    ( on 0 python3 $TRAIN --config $MAIN --stage unet composition fgfm \
+        && export_fp16 runs/small_model/pipeline reflection_separation/default_model ) > "$RESULTS/main.log" 2>&1 &
+    ( on 1 python3 $TRAIN --config examples/configs/small_model_baseline.json --stage unet \
+        && export_fp16 runs/small_model_baseline/pipeline runs/baseline_fp16 ) > "$RESULTS/baseline.log" 2>&1 &
+    wait
+elif [ "$PART" = part2 ]; then
+    ( on 0 python3 $TRAIN --config $MAIN --stage control \
+        && python3 -c "import torch; from diffusers import UNet2DModel; \
 UNet2DModel.from_pretrained('runs/small_model/control').to(torch.float16).save_pretrained('runs/control_fp16')" \
-) > "$RESULTS/control.log" 2>&1 &
-control=$!
-(
-    on 3 python3 $TRAIN --config examples/configs/scaling_unet.json --stage unet --stop-after 1000
-    wait $control 2>/dev/null || while kill -0 $control 2>/dev/null; do sleep 2; done
-    on 2,3 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \
-        $TRAIN --config examples/configs/scaling_unet.json --stage unet --stop-after 1100
-    on 3 python3 $TRAIN --config examples/configs/scaling_unet.json --stage unet --stop-after 1200
-) > "$RESULTS/scaling.log" 2>&1 &
-scaling=$!
-
-wait $main $baseline $control
-on 0 python3 benchmarks/ablation.py --pipeline reflection_separation/default_model --baseline runs/baseline_fp16 \
-    --control runs/small_model/control --photos data/photos --num-images 96 --batch-size 16 \
-    --output "$RESULTS/ablation_small_model.json" > "$RESULTS/ablation.log" 2>&1
-wait $scaling
+        && on 0 python3 benchmarks/ablation.py --pipeline reflection_separation/default_model \
+            --baseline runs/baseline_fp16 --control runs/control_fp16 --photos data/photos --num-images 96 \
+            --batch-size 16 --output "$RESULTS/ablation_small_model.json" ) > "$RESULTS/control_ablation.log" 2>&1 &
+    SCALING=examples/configs/scaling_unet.json
+    for n in 1 2; do
+        python3 -c "import json, sys; c = json.load(open(sys.argv[1])); c['output_dir'] += '_n$n'; \
+json.dump(c, open(sys.argv[2], 'w'))" $SCALING runs/scaling_n$n.json
+    done
+    (
+        on 1 python3 $TRAIN --config runs/scaling_n1.json --stage unet --stop-after 600 &
+        on 2,3 $DDP --num_processes 2 --main_process_port 29511 $TRAIN --config runs/scaling_n2.json --stage unet --stop-after 600
+        wait
+        on 1 python3 $TRAIN --config runs/scaling_n2.json --stage unet --stop-after 700 &
+        on 2,3 $DDP --num_processes 2 --main_process_port 29511 $TRAIN --config runs/scaling_n1.json --stage unet --stop-after 700
+        wait
+    ) > "$RESULTS/scaling.log" 2>&1
+    wait
+else
+    echo "usage: $0 part1|part2 [RESULTS_DIR]" >&2
+    exit 2
+fi
