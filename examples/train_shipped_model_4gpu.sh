@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# How the shipped model, its ablation baseline and the control were trained: one 4-GPU machine, two parts of
+# How the shipped model, its ablation baseline and the control were trained: a 4-GPU machine, two parts of
 # under 10 minutes each (part 2 needs part 1's outputs). The small models are too small for data parallelism
 # to pay (benchmarks/results/multi_gpu_unet.json), so after the VAE (4-GPU DDP) independent runs share the
 # machine, one GPU each.
 #   part 1  VAE (DDP on 4 GPUs), then GPU 0: shipped model (UNet with CLSA -> composition net C -> FGFM ->
 #           fp16 export into the package); GPU 1: ablation baseline (same UNet budget without CLSA)
-#   part 2  GPU 0: control (pixel-space U-Net regressor, same steps and batch), then the ablation;
-#           GPUs 1-3: multi-GPU check: the UNet stage on 1 and on 2 GPUs with the same global batch, then
-#           each checkpoint resumed on the other number of GPUs
+#   part 2  (2 GPUs) GPU 0: control (pixel-space U-Net regressor, same steps and batch), then the ablation;
+#           GPU 1: multi-GPU check: the UNet stage on 1 GPU, its checkpoint resumed on 2 GPUs, that one
+#           resumed on 1 again (the 4-GPU curve is part 1's first run: examples/logs/)
 # Usage: bash examples/train_shipped_model_4gpu.sh part1|part2 [RESULTS_DIR]
 set -uo pipefail
 PART=$1
@@ -36,18 +36,13 @@ UNet2DModel.from_pretrained('runs/small_model/control').to(torch.float16).save_p
         && on 0 python3 benchmarks/ablation.py --pipeline reflection_separation/default_model \
             --baseline runs/baseline_fp16 --control runs/control_fp16 --photos data/photos --num-images 96 \
             --batch-size 16 --output "$RESULTS/ablation_small_model.json" ) > "$RESULTS/control_ablation.log" 2>&1 &
+    first=$!
     SCALING=examples/configs/scaling_unet.json
-    for n in 1 2; do
-        python3 -c "import json, sys; c = json.load(open(sys.argv[1])); c['output_dir'] += '_n$n'; \
-json.dump(c, open(sys.argv[2], 'w'))" $SCALING runs/scaling_n$n.json
-    done
     (
-        on 1 python3 $TRAIN --config runs/scaling_n1.json --stage unet --stop-after 600 &
-        on 2,3 $DDP --num_processes 2 --main_process_port 29511 $TRAIN --config runs/scaling_n2.json --stage unet --stop-after 600
-        wait
-        on 1 python3 $TRAIN --config runs/scaling_n2.json --stage unet --stop-after 700 &
-        on 2,3 $DDP --num_processes 2 --main_process_port 29511 $TRAIN --config runs/scaling_n1.json --stage unet --stop-after 700
-        wait
+        on 1 python3 $TRAIN --config $SCALING --stage unet --stop-after 400
+        while kill -0 $first 2>/dev/null; do sleep 2; done
+        on 0,1 $DDP --num_processes 2 $TRAIN --config $SCALING --stage unet --stop-after 500
+        on 1 python3 $TRAIN --config $SCALING --stage unet --stop-after 600
     ) > "$RESULTS/scaling.log" 2>&1
     wait
 else
