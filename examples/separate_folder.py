@@ -22,7 +22,6 @@ from PIL import Image, ImageOps
 import reflection_separation
 from reflection_separation import ReflectionSeparationPipeline
 
-DEFAULT_MODEL = getattr(reflection_separation, "DEFAULT_MODEL", None)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -41,12 +40,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("in_dir", type=Path, help="folder of photos")
     parser.add_argument("out_dir", type=Path, help="folder for <name>_transmission.png and <name>_reflection.png")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder or Hub id")
+    parser.add_argument("--model", default=reflection_separation.DEFAULT_MODEL, help="model folder or Hub id (default: the shipped small model)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if args.model is None:
-        parser.error("no default model is bundled with this version; pass --model FOLDER_OR_HUB_ID")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = ReflectionSeparationPipeline.from_pretrained(args.model).to(device)

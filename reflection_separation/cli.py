@@ -204,12 +204,7 @@ def resolve_model(model: str | None) -> str:
     if model is None:
         import reflection_separation
 
-        default = getattr(reflection_separation, "DEFAULT_MODEL", None)
-        if default is None:
-            raise UsageError(
-                "no default model is bundled with this installation; pass --model FOLDER_OR_HUB_ID "
-                "(a saved ReflectionSeparationPipeline folder or a Hugging Face Hub id)."
-            )
+        default = reflection_separation.DEFAULT_MODEL
         if not Path(default).is_dir():
             raise UsageError(
                 f"the default model folder {default} does not exist (incomplete installation?); pass "

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import reflection_separation
 from reflection_separation import ReflectionSeparationPipeline
 from reflection_separation.components import build_pipeline
 
@@ -69,13 +68,11 @@ def test_separate_image(tiny_model, tmp_path):
     assert str(tmp_path / "out" / "photo_transmission.png") in result.stdout
 
 
-@pytest.mark.skipif(hasattr(reflection_separation, "DEFAULT_MODEL"), reason="a default model is bundled")
-def test_separate_image_without_model_says_to_pass_one(tmp_path):
+def test_separate_image_uses_the_shipped_model_by_default(tmp_path):
     photo = write_image(tmp_path / "photo.png", width=40, height=48)
     result = run_example("separate_image.py", photo, tmp_path / "out")
-    assert result.returncode == 2
-    assert "--model" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "out").exists()
+    assert result.returncode == 0, result.stderr
+    check_layers(tmp_path / "out", "photo", (40, 48))
 
 
 def test_separate_folder_skips_broken_files_and_ignores_batch_size(tiny_model, tmp_path):
