@@ -452,10 +452,13 @@ def save_pipeline(
     base_save_pretrained: Callable[..., Any],
     push_to_hub: bool = False,
     pipeline_code: bool = True,
+    remote_code: bool = True,
     **kwargs,
 ) -> None:
     """``base_save_pretrained`` (``DiffusionPipeline.save_pretrained``), then :func:`write_code`, then the upload.
 
+    ``remote_code=False`` writes no code: the folder then loads only where this package is installed (our
+    shipped default model, which lives inside the package).
     ``pipeline_code=False`` leaves the pipeline's own code out (``_class_name`` stays a plain name) and keeps
     only the components' code: the layout for a pipeline class supplied by the loader, e.g. the community
     file (diffusers prefers a folder's own pipeline file over ``custom_pipeline=``). Push arguments
@@ -469,7 +472,8 @@ def save_pipeline(
         repo_id = push.get("repo_id", str(save_directory).split(os.path.sep)[-1])
         repo_id = hub_utils.create_repo(repo_id, exist_ok=True, private=push.get("private"), token=token).repo_id
     base_save_pretrained(save_directory, **kwargs)
-    write_code(pipe, save_directory, pipeline_code=pipeline_code)
+    if remote_code:
+        write_code(pipe, save_directory, pipeline_code=pipeline_code)
     if push_to_hub:
         card = hub_utils.load_or_create_model_card(repo_id, token=token, is_pipeline=True)
         hub_utils.populate_model_card(card).save(os.path.join(save_directory, "README.md"))
