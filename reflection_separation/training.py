@@ -515,6 +515,7 @@ def validate(
         if stage == "vae":
             reconstruction = pipe.vae.decode(pipe.vae.encode(_to_model_range(batch["mixture"])).latent_dist.mode()).sample
             shown = [batch["mixture"], (reconstruction.clamp(-1, 1) + 1) / 2]
+            metrics["val_psnr_reconstruction"] = _psnr(shown[1], batch["mixture"])
         elif stage == "control":
             transmission, reflection = run_control_regressor(objective.trainable, batch["mixture"])
             shown = [batch["mixture"], transmission, batch["transmission"], reflection, batch["reflection"]]
@@ -569,6 +570,7 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
     if stage == "vae" and "from_scratch" not in config.model:
         raise ValueError("The `vae` stage trains an autoencoder from scratch; pretrained models keep their VAE.")
     if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)  # the logged peak is this stage's own
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
