@@ -1,0 +1,82 @@
+"""Time one photo through a pipeline on the CPU with its default settings (the shipped model by default).
+
+Issue 5 asks that a 512x512 photo separates in at most 20 s on 2 CPU cores with the defaults. This script
+measures that: one warm-up call, then ``--repeats`` timed calls on a fixed photo (scikit-image's coffee,
+resized), with torch limited to ``--threads`` threads, and writes the times with the CPU model and versions.
+
+    python benchmarks/cpu_timing.py --threads 2 --output benchmarks/results/cpu_timing.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from PIL import Image
+from skimage import data as skimage_data
+
+import reflection_separation
+from reflection_separation import ReflectionSeparationPipeline
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=reflection_separation.DEFAULT_MODEL, help="model folder or Hub id")
+    parser.add_argument("--size", type=int, default=512, help="side of the square test photo")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU cores used)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    pipe = ReflectionSeparationPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    photo = Image.fromarray(skimage_data.coffee()).resize((args.size, args.size), Image.BICUBIC)
+
+    pipe(photo, generator=torch.Generator().manual_seed(0))
+    seconds = []
+    for repeat in range(args.repeats):
+        start = time.perf_counter()
+        out = pipe(photo, generator=torch.Generator().manual_seed(repeat))
+        seconds.append(time.perf_counter() - start)
+    report = {
+        "description": f"One {args.size}x{args.size} photo, the model's default settings, after one warm-up call.",
+        "model": str(args.model),
+        "settings": {
+            "threads": args.threads,
+            "processing_resolution": pipe.config.default_processing_resolution,
+            "num_inference_steps": pipe.config.default_denoising_steps,
+            "guidance_mode": pipe.config.default_guidance_mode,
+            "disjoint_strength": pipe.config.default_disjoint_strength,
+            "fgfm_strength": pipe.config.default_fgfm_strength,
+        },
+        "output_size": list(out.transmission[0].size),
+        "seconds": seconds,
+        "median_seconds": statistics.median(seconds),
+        "cpu": cpu_name(),
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()},
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{report['median_seconds']:.2f} s (median of {args.repeats}) on {args.threads} threads, {report['cpu']}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
