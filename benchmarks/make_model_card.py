@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
+import reflection_separation
 from reflection_separation.evaluation import format_markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,9 +44,10 @@ Single Image via Joint Latent Diffusion" (CVPR 2026, arXiv 2606.04107).
 ```python
 import torch
 from PIL import Image
+import reflection_separation
 from reflection_separation import ReflectionSeparationPipeline
 
-pipe = ReflectionSeparationPipeline.from_pretrained("path/to/model_folder")
+pipe = ReflectionSeparationPipeline.from_pretrained(reflection_separation.DEFAULT_MODEL)  # or a folder / Hub id
 out = pipe(Image.open("photo.jpg"), generator=torch.Generator().manual_seed(0))
 out.transmission[0].save("transmission.png")
 out.reflection[0].save("reflection.png")
@@ -110,6 +113,49 @@ def ablation_section(path: Path) -> str:
     )
 
 
+SHIPPED = """## The shipped small model
+
+`reflection_separation.DEFAULT_MODEL` (inside the package): the whole method at a small size, trained from
+scratch on synthetic mixtures because no pretrained diffusion weights can be downloaded where it is built:
+{parameters}. Stored as fp16 safetensors ({megabytes:.1f} MB); diffusers loads the UNet, VAE and C in float32, transformers keeps
+the text encoder in fp16. Defaults: {resolution} px
+processing resolution, {steps} DDIM steps. Trained with `examples/train_shipped_model_4gpu.sh` (configs in
+`examples/configs/`): VAE 1500 steps, UNet 1500 steps at batch 32, C and FGFM 300 steps each, on H200 GPUs.
+
+**It does not separate reflections well yet**: its transmission branch falls back to a colour prior of its
+training photos, because Stable Diffusion's noise schedule (kept here) leaves signal at the last timestep that
+the model learned to rely on and that sampling from pure noise does not have. Use it to try the tools, not for
+results; see the ablation below.
+"""
+
+
+def shipped_section(folder: Path) -> str:
+    from safetensors import safe_open
+
+    counts, size = {}, 0
+    for path in sorted(folder.rglob("*.safetensors")):
+        size += path.stat().st_size
+        with safe_open(path, "pt") as weights:
+            counts[path.parent.name] = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
+    config = json.loads((folder / "model_index.json").read_text())
+    parameters = ", ".join(f"{name} {count / 1e6:.2f} M" for name, count in counts.items())
+    parameters += f" parameters ({sum(counts.values()) / 1e6:.1f} M in all)"
+    return SHIPPED.format(parameters=parameters, megabytes=size / 1e6, resolution=config["default_processing_resolution"],
+                          steps=config["default_denoising_steps"])
+
+
+def cpu_section(path: Path) -> str:
+    report = json.loads(path.read_text())
+    settings = report["settings"]
+    return (
+        f"## CPU time ({_shown(path)})\n\n"
+        f"{report['description']} {report['median_seconds']:.1f} s (median of {len(report['seconds'])}) on "
+        f"{settings['threads']} threads of an {report['cpu']}, torch {report['versions']['torch']}: "
+        f"{settings['processing_resolution']} px, {settings['num_inference_steps']} steps, guidance "
+        f"{settings['guidance_mode']}. Made by `benchmarks/cpu_timing.py`.\n"
+    )
+
+
 def benchmark_section(path: Path) -> str:
     report = json.loads(path.read_text())
     return (
@@ -121,7 +167,7 @@ def benchmark_section(path: Path) -> str:
 
 def build_card(results: Path, base_model: str | None) -> str:
     base = f"base_model: {base_model}\n" if base_model else ""
-    sections = [FRONT_MATTER.format(base_model=base), INTRO]
+    sections = [FRONT_MATTER.format(base_model=base), INTRO, shipped_section(Path(reflection_separation.DEFAULT_MODEL))]
     ablations = sorted(results.glob("ablation*.json"))
     benchmarks = sorted(results.glob("h200*.json"))
     if not ablations:
@@ -131,6 +177,7 @@ def build_card(results: Path, base_model: str | None) -> str:
         )
     sections += [ablation_section(path) for path in ablations]
     sections += [benchmark_section(path) for path in benchmarks]
+    sections += [cpu_section(path) for path in sorted(results.glob("cpu_timing*.json"))]
     sections += [PAPER, LIMITATIONS]
     return "\n".join(sections)
 

@@ -76,7 +76,15 @@ class ModelSizeConfig:
     composition_norm_groups: int = 4
     prediction_type: str = "epsilon"
     num_train_timesteps: int = 1000
+    zero_terminal_snr: bool = False
     pipeline: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            raise ValueError(
+                "`zero_terminal_snr` needs `prediction_type='v_prediction'`: at zero signal an epsilon model "
+                "cannot say anything about the image."
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelSizeConfig":
@@ -90,8 +98,14 @@ class ModelSizeConfig:
         return asdict(self)
 
 
-def make_scheduler(prediction_type: str = "epsilon", num_train_timesteps: int = 1000) -> DDIMScheduler:
-    """Stable Diffusion's noise schedule with DDIM sampling on trailing timesteps (good at few steps)."""
+def make_scheduler(
+    prediction_type: str = "epsilon", num_train_timesteps: int = 1000, zero_terminal_snr: bool = False
+) -> DDIMScheduler:
+    """Stable Diffusion's noise schedule with DDIM sampling on trailing timesteps (good at few steps).
+
+    ``zero_terminal_snr`` rescales it so the last timestep is pure noise (Lin et al., WACV 2024): otherwise a
+    model learns to read the signal left at t = T, which sampling from pure noise does not have.
+    """
     return DDIMScheduler(
         num_train_timesteps=num_train_timesteps,
         beta_schedule="scaled_linear",
@@ -102,6 +116,7 @@ def make_scheduler(prediction_type: str = "epsilon", num_train_timesteps: int = 
         steps_offset=1,
         timestep_spacing="trailing",
         prediction_type=prediction_type,
+        rescale_betas_zero_snr=zero_terminal_snr,
     )
 
 
@@ -157,7 +172,7 @@ def build_pipeline(config: ModelSizeConfig | None = None, seed: int = 0) -> Refl
         num_blocks=config.composition_blocks,
         norm_groups=config.composition_norm_groups,
     )
-    scheduler = make_scheduler(config.prediction_type, config.num_train_timesteps)
+    scheduler = make_scheduler(config.prediction_type, config.num_train_timesteps, config.zero_terminal_snr)
     return ReflectionSeparationPipeline(
         vae=vae,
         unet=unet,

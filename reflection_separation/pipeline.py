@@ -469,7 +469,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             for step, t in enumerate(self.progress_bar(timesteps, desc="Denoising", leave=False)):
                 latent_input = self.scheduler.scale_model_input(latents, t)
                 model_output = self.predict_noise(latent_input, t, mixture_latents, prompt_embeds)
-                if disjoint_strength != 0 or guidance is not None:
+                if (disjoint_strength != 0 or guidance is not None) and sampler.acts_at(t):
                     epsilon = sampler.epsilon(model_output, t, latent_input, disjoint_strength)
                     if guidance is not None:
                         alpha_prod = sampler.alpha_prod(t)

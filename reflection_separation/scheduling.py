@@ -22,6 +22,11 @@ import torch
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
+MIN_SIGNAL = 0.05
+"""Below this signal level ``sqrt(a_t)`` the latents hold (almost) no image, and epsilon-space rules would divide
+by it: disjoint sampling and guidance skip such steps. Stable Diffusion's schedule never goes below 0.068, so
+only the first step of a zero-terminal-SNR schedule (Lin et al., WACV 2024), where ``a_t = 0``, is skipped."""
+
 
 def scheduler_alpha_prod(scheduler, timestep: torch.Tensor | int | float) -> torch.Tensor:
     """Cumulative alpha ``a_t`` of the VP process at ``timestep`` for ``scheduler``'s current step."""
@@ -97,6 +102,10 @@ class DisjointSampling:
 
     def alpha_prod(self, timestep: torch.Tensor | int | float) -> torch.Tensor:
         return scheduler_alpha_prod(self.scheduler, timestep)
+
+    def acts_at(self, timestep: torch.Tensor | int | float) -> bool:
+        """Whether the step at ``timestep`` has enough signal for disjoint sampling and guidance (see MIN_SIGNAL)."""
+        return bool(self.alpha_prod(timestep).sqrt() >= MIN_SIGNAL)
 
     def epsilon(
         self, model_output: torch.Tensor, timestep: torch.Tensor, model_input: torch.Tensor, strength: float

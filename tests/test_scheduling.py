@@ -119,3 +119,32 @@ def test_works_with_a_scheduler_without_generator_argument(tiny_pipe, rng):
     tiny_pipe.scheduler = UniPCMultistepScheduler.from_config(tiny_pipe.scheduler.config)
     out = tiny_pipe(random_image(rng), generator=generator(0), **FAST)
     assert np.isfinite(out.transmission).all() and out.transmission.shape == (1, 48, 40, 3)
+
+
+def test_zero_terminal_snr_schedule_needs_v_prediction():
+    from reflection_separation.components import ModelSizeConfig, make_scheduler
+
+    assert make_scheduler("v_prediction", zero_terminal_snr=True).alphas_cumprod[-1] == 0
+    assert make_scheduler("v_prediction").alphas_cumprod[-1] > 0.004  # Stable Diffusion's: sqrt = 0.068
+    with pytest.raises(ValueError, match="v_prediction"):
+        ModelSizeConfig(zero_terminal_snr=True)
+
+
+def test_zero_signal_step_skips_disjoint_and_guidance(rng):
+    """At a_t = 0 the epsilon-space rules would divide by zero (NaN outputs before this rule): the first step
+    of a zero-terminal-SNR schedule passes the UNet output through unchanged, the later ones still act."""
+    from reflection_separation.components import ModelSizeConfig, build_pipeline
+
+    pipe = build_pipeline(ModelSizeConfig(prediction_type="v_prediction", zero_terminal_snr=True), seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    image = random_image(rng)
+    plain = {"disjoint_strength": 0.0, "guidance_mode": "off"}
+    method = {"disjoint_strength": 0.2, "guidance_mode": "fast", "guidance_scale": 0.5}
+    first_only = {**FAST, "num_inference_steps": 1}
+    a = pipe(image, generator=generator(0), **first_only, **plain).transmission
+    b = pipe(image, generator=generator(0), **first_only, **method).transmission
+    np.testing.assert_array_equal(a, b)
+    for mode in ("fast", "full"):
+        c = pipe(image, generator=generator(0), **FAST, **{**method, "guidance_mode": mode}).transmission
+        d = pipe(image, generator=generator(0), **FAST, **plain).transmission
+        assert np.isfinite(c).all() and np.abs(c - d).max() > 1e-4

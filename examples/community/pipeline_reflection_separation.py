@@ -722,6 +722,11 @@ class ReflectionImageProcessor:
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
+MIN_SIGNAL = 0.05
+"""Below this signal level ``sqrt(a_t)`` the latents hold (almost) no image, and epsilon-space rules would divide
+by it: disjoint sampling and guidance skip such steps. Stable Diffusion's schedule never goes below 0.068, so
+only the first step of a zero-terminal-SNR schedule (Lin et al., WACV 2024), where ``a_t = 0``, is skipped."""
+
 
 def scheduler_alpha_prod(scheduler, timestep: torch.Tensor | int | float) -> torch.Tensor:
     """Cumulative alpha ``a_t`` of the VP process at ``timestep`` for ``scheduler``'s current step."""
@@ -797,6 +802,10 @@ class DisjointSampling:
 
     def alpha_prod(self, timestep: torch.Tensor | int | float) -> torch.Tensor:
         return scheduler_alpha_prod(self.scheduler, timestep)
+
+    def acts_at(self, timestep: torch.Tensor | int | float) -> bool:
+        """Whether the step at ``timestep`` has enough signal for disjoint sampling and guidance (see MIN_SIGNAL)."""
+        return bool(self.alpha_prod(timestep).sqrt() >= MIN_SIGNAL)
 
     def epsilon(
         self, model_output: torch.Tensor, timestep: torch.Tensor, model_input: torch.Tensor, strength: float
@@ -1528,7 +1537,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             for step, t in enumerate(self.progress_bar(timesteps, desc="Denoising", leave=False)):
                 latent_input = self.scheduler.scale_model_input(latents, t)
                 model_output = self.predict_noise(latent_input, t, mixture_latents, prompt_embeds)
-                if disjoint_strength != 0 or guidance is not None:
+                if (disjoint_strength != 0 or guidance is not None) and sampler.acts_at(t):
                     epsilon = sampler.epsilon(model_output, t, latent_input, disjoint_strength)
                     if guidance is not None:
                         alpha_prod = sampler.alpha_prod(t)
