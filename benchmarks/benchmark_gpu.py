@@ -528,17 +528,20 @@ def section_guidance_step(bench: ModelBench) -> dict[str, Any]:
     pipe.scheduler.set_timesteps(bench.args.steps, device=runtime.device)
     timestep = pipe.scheduler.timesteps[len(pipe.scheduler.timesteps) // 2]
     sampler = DisjointSampling(pipe.scheduler)
-    alpha_prod = sampler.alpha_prod(timestep)
+    host_timestep = int(timestep)  # as the pipeline does: noise-level lookups on the host, no sync per step
+    alpha_prod = sampler.alpha_prod(host_timestep)
     strength = pipe.config.default_disjoint_strength
     guidance = LatentCompositionGuidance(pipe.composition_net, pipe.config.default_guidance_scale, steps=1)
 
     def sampling_step(mode: str) -> torch.Tensor:
         """What the pipeline does in one step before the scheduler step (``mode="off"``: no guidance)."""
         output = pipe.predict_noise(latents, timestep, mixture, bench.prompts)
-        epsilon = sampler.epsilon(output, timestep, latents, strength)
+        epsilon = sampler.epsilon(output, host_timestep, latents, strength)
         if mode == "off":
             return epsilon
-        predict_x0 = pipe._x0_predictor(mode, epsilon, timestep, alpha_prod, sampler, strength, mixture, bench.prompts)
+        predict_x0 = pipe._x0_predictor(
+            mode, epsilon, timestep, host_timestep, alpha_prod, sampler, strength, mixture, bench.prompts
+        )
         return guidance(latents, predict_x0, mixture, alpha_prod)
 
     results: dict[str, Any] = {"resolution": resolution, "latent_size": size, "guidance_steps": 1,

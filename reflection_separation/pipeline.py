@@ -466,17 +466,20 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
 
             # 6. Denoise.
             timesteps = self.scheduler.timesteps
+            host_timesteps = timesteps.tolist()  # one copy to the host: the noise-level lookups need no sync per step
             for step, t in enumerate(self.progress_bar(timesteps, desc="Denoising", leave=False)):
+                t_host = host_timesteps[step]
                 latent_input = self.scheduler.scale_model_input(latents, t)
                 model_output = self.predict_noise(latent_input, t, mixture_latents, prompt_embeds)
-                if (disjoint_strength != 0 or guidance is not None) and sampler.acts_at(t):
-                    epsilon = sampler.epsilon(model_output, t, latent_input, disjoint_strength)
+                if (disjoint_strength != 0 or guidance is not None) and sampler.acts_at(t_host):
+                    epsilon = sampler.epsilon(model_output, t_host, latent_input, disjoint_strength)
                     if guidance is not None:
-                        alpha_prod = sampler.alpha_prod(t)
+                        alpha_prod = sampler.alpha_prod(t_host)
                         predict_x0 = self._x0_predictor(
                             guidance_mode,
                             epsilon,
                             t,
+                            t_host,
                             alpha_prod,
                             sampler,
                             disjoint_strength,
@@ -486,7 +489,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                         with self._guided_unet(guidance_mode == "full", guidance_checkpointing):
                             latents = guidance(latents, predict_x0, mixture_latents, alpha_prod)
                         latent_input = self.scheduler.scale_model_input(latents, t)
-                    model_output = sampler.model_output(epsilon, t, latent_input)
+                    model_output = sampler.model_output(epsilon, t_host, latent_input)
                 latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
@@ -530,6 +533,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         guidance_mode: str,
         epsilon: torch.Tensor,
         timestep: torch.Tensor,
+        host_timestep: int | float,
         alpha_prod: torch.Tensor,
         sampler: DisjointSampling,
         disjoint_strength: float,
@@ -546,7 +550,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         def full(latents: torch.Tensor) -> torch.Tensor:
             latent_input = self.scheduler.scale_model_input(latents, timestep)
             output = self.predict_noise(latent_input, timestep, mixture_latents, prompt_embeds)
-            eps = sampler.epsilon(output, timestep, latent_input, disjoint_strength)
+            eps = sampler.epsilon(output, host_timestep, latent_input, disjoint_strength)
             return tweedie_x0(latent_input, eps, alpha_prod)
 
         return fast if guidance_mode == "fast" else full

@@ -71,8 +71,8 @@ def test_full_guidance_through_the_unet_lowers_composition_loss(tiny_pipe):
     alpha = sampler.alpha_prod(t)
     with torch.no_grad():
         eps = sampler.epsilon(pipe.predict_noise(latents, t, mixture, prompts), t, latents, 0.2)
-    full = pipe._x0_predictor("full", eps, t, alpha, sampler, 0.2, mixture, prompts)
-    fast = pipe._x0_predictor("fast", eps, t, alpha, sampler, 0.2, mixture, prompts)
+    full = pipe._x0_predictor("full", eps, t, int(t), alpha, sampler, 0.2, mixture, prompts)
+    fast = pipe._x0_predictor("fast", eps, t, int(t), alpha, sampler, 0.2, mixture, prompts)
     guidance = LatentCompositionGuidance(pipe.composition_net, scale=0.01, steps=1)
     with torch.no_grad():
         torch.testing.assert_close(full(latents), fast(latents), atol=1e-5, rtol=1e-5)
