@@ -1,7 +1,7 @@
 """Web demo: separate a photo taken through glass into transmission and reflection, in the browser.
 
     pip install -e ".[demo]"
-    python examples/gradio_app.py                          # the bundled default model, once it ships
+    python examples/gradio_app.py                          # the shipped default model
     python examples/gradio_app.py --model path/to/model_folder --device cuda
     python examples/gradio_app.py --model path/to/model_folder --host 0.0.0.0 --port 7860
 
@@ -379,8 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         metavar="FOLDER_OR_HUB_ID",
-        help="saved ReflectionSeparationPipeline folder or Hugging Face Hub id (default: the bundled model, "
-        "when this installation ships one)",
+        help="saved ReflectionSeparationPipeline folder or Hugging Face Hub id (default: the shipped model)",
     )
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="weights dtype (default: float32)")
