@@ -210,3 +210,17 @@ def test_checkpoint_on_n_processes_resumes_on_another_number(photos, tmp_path, f
 def test_global_batch_must_split_evenly():
     with pytest.raises(ValueError, match="divisible"):
         BatchSource(list(range(10)), batch_size=3, seed=0, process=0, num_processes=2)
+
+
+def test_unet_stage_trains_with_a_zero_terminal_snr_schedule(photos, tmp_path):
+    """v-prediction on a schedule whose last timestep is pure noise: the objective uses the same schedule and
+    training plus validation (the full sampling loop with disjoint sampling and guidance) stay finite."""
+    config = run_config(photos, tmp_path, steps=3)
+    config.model = {"from_scratch": {"prediction_type": "v_prediction", "zero_terminal_snr": True}}
+    pipe = load_pipeline(config)
+    assert build_objective("unet", pipe, config).noise_scheduler.alphas_cumprod[-1] == 0
+    train_stage(config, "unet")
+    records = [json.loads(line) for line in (tmp_path / "unet" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    validation = [r["val_psnr_t"] for r in records if "val_psnr_t" in r]
+    assert validation and np.isfinite(validation).all()
