@@ -7,7 +7,7 @@
 #           fp16 export into the package); GPU 1: ablation baseline (same UNet budget without CLSA)
 #   part 2  (2 GPUs) GPU 0: control (pixel-space U-Net regressor, same steps and batch), then the ablation;
 #           GPU 1: multi-GPU check: the UNet stage on 1 GPU, its checkpoint resumed on 2 GPUs, that one
-#           resumed on 1 again (the 4-GPU curve is part 1's first run: examples/logs/)
+#           resumed on 1 again (the 4-GPU curve: benchmarks/results/multi_gpu/)
 # Usage: bash examples/train_shipped_model_4gpu.sh part1|part2 [RESULTS_DIR]
 set -uo pipefail
 PART=$1
@@ -17,22 +17,16 @@ TRAIN="-m reflection_separation.training"
 MAIN=examples/configs/small_model.json
 DDP="accelerate launch --multi_gpu --num_machines 1 --mixed_precision no --dynamo_backend no"
 on() { local gpus=$1; shift; CUDA_VISIBLE_DEVICES=$gpus OMP_NUM_THREADS=8 "$@"; }
-export_fp16() {  # export_fp16 PIPELINE_DIR TARGET
-    python3 -c "import sys, torch; from reflection_separation import ReflectionSeparationPipeline as P; \
-P.from_pretrained(sys.argv[1]).to(torch.float16).save_pretrained(sys.argv[2], remote_code=False)" "$1" "$2"
-}
 
 if [ "$PART" = part1 ]; then
     $DDP --num_processes 4 $TRAIN --config $MAIN --stage vae || exit 1
-    ( on 0 python3 $TRAIN --config $MAIN --stage unet composition fgfm \
-        && export_fp16 runs/small_model/pipeline reflection_separation/default_model ) > "$RESULTS/main.log" 2>&1 &
-    ( on 1 python3 $TRAIN --config examples/configs/small_model_baseline.json --stage unet \
-        && export_fp16 runs/small_model_baseline/pipeline runs/baseline_fp16 ) > "$RESULTS/baseline.log" 2>&1 &
+    on 0 python3 $TRAIN --config $MAIN --stage unet composition fgfm \
+        --export-fp16 reflection_separation/default_model > "$RESULTS/main.log" 2>&1 &
+    on 1 python3 $TRAIN --config examples/configs/small_model_baseline.json --stage unet \
+        --export-fp16 runs/baseline_fp16 > "$RESULTS/baseline.log" 2>&1 &
     wait
 elif [ "$PART" = part2 ]; then
-    ( on 0 python3 $TRAIN --config $MAIN --stage control \
-        && python3 -c "import torch; from diffusers import UNet2DModel; \
-UNet2DModel.from_pretrained('runs/small_model/control').to(torch.float16).save_pretrained('runs/control_fp16')" \
+    ( on 0 python3 $TRAIN --config $MAIN --stage control --export-fp16 runs/control_fp16 \
         && on 0 python3 benchmarks/ablation.py --pipeline reflection_separation/default_model \
             --baseline runs/baseline_fp16 --control runs/control_fp16 --photos data/photos --num-images 96 \
             --batch-size 16 --output "$RESULTS/ablation_small_model.json" ) > "$RESULTS/control_ablation.log" 2>&1 &

@@ -8,12 +8,4 @@ set -euo pipefail
 CONFIG=${1:-examples/configs/small_model.json}
 EXPORT=${2:-reflection_separation/default_model}
 LAUNCH=${LAUNCH:-python3}
-$LAUNCH -m reflection_separation.training --config "$CONFIG" --stage vae unet composition fgfm
-python3 - "$CONFIG" "$EXPORT" <<'PY'
-import json, sys, torch
-from reflection_separation import ReflectionSeparationPipeline
-config = json.load(open(sys.argv[1]))
-pipe = ReflectionSeparationPipeline.from_pretrained(config["output_dir"] + "/pipeline")
-pipe.to(torch.float16).save_pretrained(sys.argv[2], remote_code=False)  # loads with the package installed
-print("exported", sys.argv[2])
-PY
+$LAUNCH -m reflection_separation.training --config "$CONFIG" --stage vae unet composition fgfm --export-fp16 "$EXPORT"

@@ -701,6 +701,17 @@ def _checkpoint(
     accelerator.wait_for_everyone()
 
 
+def export_fp16(config: TrainingConfig, stage: str, target: str | Path) -> Path:
+    """Write what ``stage`` produced as fp16 safetensors without code (the form shipped inside this package):
+    the control regressor after ``control``, else the run's pipeline."""
+    if stage == "control":
+        UNet2DModel.from_pretrained(config.control_dir).to(torch.float16).save_pretrained(target)
+    else:
+        pipe = ReflectionSeparationPipeline.from_pretrained(config.pipeline_dir)
+        pipe.to(torch.float16).save_pretrained(target, remote_code=False)
+    return Path(target)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="reflection-separation-train",
@@ -711,11 +722,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="training config JSON")
     parser.add_argument("--stage", required=True, choices=STAGES, nargs="+", help="stages to run, in order")
     parser.add_argument("--stop-after", type=int, default=None, help="stop after this step's checkpoint (testing)")
+    parser.add_argument("--export-fp16", type=Path, metavar="DIR", help="afterwards, write the last stage's result "
+                        "in fp16 to DIR (the pipeline, or the control regressor after `control`)")
     args = parser.parse_args(argv)
+    if args.export_fp16 is not None and args.stop_after is not None:
+        parser.error("--export-fp16 needs finished stages; drop --stop-after")
     config = TrainingConfig.from_file(args.config)
     for stage in args.stage:
         train_stage(config, stage, stop_after=args.stop_after)
-    Accelerator().end_training()  # once, after all stages: it tears down the process group the stages share
+    accelerator = Accelerator()
+    if args.export_fp16 is not None and accelerator.is_main_process:
+        export_fp16(config, args.stage[-1], args.export_fp16)
+    accelerator.end_training()  # once, after all stages: it tears down the process group the stages share
     return 0
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DModel
+from safetensors.torch import load_file
 
 from reflection_separation import ReflectionSeparationPipeline
 from reflection_separation.attention import uses_cross_layer_attention
@@ -17,6 +19,7 @@ from reflection_separation.training import (
     BatchSource,
     TrainingConfig,
     build_objective,
+    export_fp16,
     load_pipeline,
     main,
     pixel_loss,
@@ -104,6 +107,16 @@ def test_all_stages_from_the_command_line_give_a_loadable_pipeline(photos, tmp_p
     assert (tmp_path / "run" / "unet" / "validation" / "step-000003.png").exists()
     assert (tmp_path / "run" / "control" / "diffusion_pytorch_model.safetensors").exists()
     assert (tmp_path / "run" / "control" / "validation" / "step-000003.png").exists()
+
+    assert main(["--config", str(config_path), "--stage", "composition", "--export-fp16", str(tmp_path / "fp16")]) == 0
+    shipped = ReflectionSeparationPipeline.from_pretrained(tmp_path / "fp16", torch_dtype=torch.float16)
+    assert shipped.unet.dtype == torch.float16 and not list((tmp_path / "fp16").rglob("*.py"))
+    trained = ReflectionSeparationPipeline.from_pretrained(config.pipeline_dir)
+    torch.testing.assert_close(shipped.unet.conv_out.weight, trained.unet.conv_out.weight.half())
+    control = export_fp16(config, "control", tmp_path / "control_fp16")
+    stored = load_file(control / "diffusion_pytorch_model.safetensors")
+    assert {tensor.dtype for tensor in stored.values()} == {torch.float16}
+    UNet2DModel.from_pretrained(control)
 
 
 def test_config_errors_are_clear(tmp_path):
