@@ -117,15 +117,15 @@ SHIPPED = """## The shipped small model
 
 `reflection_separation.DEFAULT_MODEL` (inside the package): the whole method at a small size, trained from
 scratch on synthetic mixtures because no pretrained diffusion weights can be downloaded where it is built:
-{parameters}. Stored as fp16 safetensors ({megabytes:.1f} MB); diffusers loads the UNet, VAE and C in float32, transformers keeps
-the text encoder in fp16. Defaults: {resolution} px
-processing resolution, {steps} DDIM steps. Trained with `examples/train_shipped_model_4gpu.sh` (configs in
-`examples/configs/`): VAE 1500 steps, UNet 1500 steps at batch 32, C and FGFM 300 steps each, on H200 GPUs.
+{parameters}. Stored as fp16 safetensors ({megabytes:.1f} MB); diffusers loads the UNet, VAE and C in
+float32, transformers keeps the text encoder in fp16. Defaults: {resolution} px processing resolution,
+{steps} DDIM steps. Trained with `examples/train_shipped_model_4gpu.sh` (configs in `examples/configs/`):
+VAE 1500 steps, UNet 1500 steps at batch 32, C and FGFM 300 steps each, on H200 GPUs.
 
 **It does not separate reflections well yet**: its transmission branch falls back to a colour prior of its
 training photos, because Stable Diffusion's noise schedule (kept here) leaves signal at the last timestep that
-the model learned to rely on and that sampling from pure noise does not have. Use it to try the tools, not for
-results; see the ablation below.
+the model learned to rely on and that sampling from pure noise does not have
+(`benchmarks/diagnose_shipped_model.py`). Use it to try the tools, not for results; see the ablation below.
 """
 
 

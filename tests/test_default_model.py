@@ -2,10 +2,8 @@
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from skimage import data as skimage_data
 
 import reflection_separation
 from reflection_separation import (
@@ -13,12 +11,12 @@ from reflection_separation import (
     FGFMAutoencoderKL,
     LatentCompositionNet,
     ReflectionSeparationPipeline,
-    evaluation,
 )
 from reflection_separation.attention import uses_cross_layer_attention
-from reflection_separation.data import ReflectionSynthesizer, SynthesisParameters
 
-from .conftest import generator
+from .conftest import generator, load_script
+
+diagnosis = load_script("benchmarks/diagnose_shipped_model.py")
 
 
 @pytest.fixture(scope="module")
@@ -28,25 +26,9 @@ def shipped() -> ReflectionSeparationPipeline:
     return pipe
 
 
-def make_coffee_mixture() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """scikit-image's coffee behind glass reflecting its astronaut: a strong, blurred reflection."""
-
-    def tensor(image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(image[::2, ::2][:192, :256])).permute(2, 0, 1).float() / 255
-
-    parameters = SynthesisParameters(sigma=2.0, attenuation=0.8, ghost_offset=None, ghost_attenuation=0.0,
-                                     overflow_factor=1.1)
-    return ReflectionSynthesizer().apply(tensor(skimage_data.coffee()), tensor(skimage_data.astronaut()), parameters)
-
-
 @pytest.fixture(scope="module")
 def coffee_mixture() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return make_coffee_mixture()
-
-
-def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
-    """The evaluation harness's PSNR (per channel, averaged) of ``(3, H, W)`` tensors."""
-    return evaluation.psnr(prediction.permute(1, 2, 0).numpy(), target.permute(1, 2, 0).numpy())
+    return diagnosis.coffee_mixture()
 
 
 def test_default_model_lives_in_the_package_as_small_safetensors():
@@ -83,4 +65,20 @@ def test_default_model_separates_a_synthetic_mixture_end_to_end(shipped, coffee_
 def test_default_model_brings_t_closer_to_the_truth_than_the_mixture(shipped, coffee_mixture):
     mixture, transmission, _ = coffee_mixture
     out = shipped(mixture, generator=generator(0), output_type="pt")
-    assert psnr(out.transmission[0], transmission) > psnr(mixture, transmission)
+    assert diagnosis.psnr(out.transmission[0], transmission) > diagnosis.psnr(mixture, transmission)
+
+
+def test_diagnosis_script_on_a_tiny_model(tmp_path):
+    from reflection_separation.components import build_pipeline
+
+    pipe = build_pipeline(seed=0)
+    pipe.register_to_config(default_processing_resolution=32, default_denoising_steps=2)
+    pipe.save_pretrained(tmp_path / "model")
+    report = diagnosis.main(["--model", str(tmp_path / "model"), "--downsample", "8", "--output", str(tmp_path / "d.json")])
+    mixture, transmission, _ = diagnosis.coffee_mixture(8)
+    assert mixture.shape == (3, 50, 64)
+    assert report["psnr_t"]["mixture"] == diagnosis.psnr(mixture, transmission)
+    assert set(report["psnr_t"]) == {"mixture", "vae_reconstruction", "one_step_true_layers_t500",
+                                     "one_step_true_layers_t999", "one_step_pure_noise_t999", "pipeline_defaults"}
+    assert all(0 < value < 60 for value in report["psnr_t"].values())
+    assert report["signal_left_at_last_timestep"] == pytest.approx(0.0683, abs=1e-3)  # Stable Diffusion's schedule
