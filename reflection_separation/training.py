@@ -59,6 +59,7 @@ from .components import ModelSizeConfig, build_pipeline
 from .composition import composition_loss
 from .data import SyntheticReflectionDataset, list_images
 from .pipeline import ReflectionSeparationPipeline
+from .vae import FGFMAutoencoderKL
 
 STAGES = ("vae", "unet", "composition", "fgfm", "control")
 
@@ -712,6 +713,29 @@ def export_fp16(config: TrainingConfig, stage: str, target: str | Path) -> Path:
     return Path(target)
 
 
+def seed_with_trained_vae(config: TrainingConfig, source: str | Path) -> Path:
+    """Start the run as if its ``vae`` stage had just produced ``source``'s autoencoder.
+
+    The pipeline is built from ``config.model`` as usual; only the VAE's base weights come from ``source`` (FGFM
+    stays at its initialization, since the ``fgfm`` stage trains it later). Use it to retrain the later stages
+    (e.g. the UNet on a new noise schedule) beside an autoencoder already trained with the same config.
+    """
+    if (config.pipeline_dir / "model_index.json").exists():
+        raise ValueError(f"{str(config.pipeline_dir)!r} already holds a pipeline; --vae-from only starts a new run.")
+    pipe = load_pipeline(config)
+    trained_vae = FGFMAutoencoderKL.from_pretrained(source, subfolder="vae")
+    base = {name: value for name, value in trained_vae.state_dict().items() if not name.startswith("fgfm_fusions.")}
+    own = pipe.vae.state_dict()
+    if set(base) != {name for name in own if not name.startswith("fgfm_fusions.")} or any(
+        own[name].shape != value.shape for name, value in base.items()
+    ):
+        raise ValueError(f"The VAE in {str(source)!r} does not match the architecture of {config.model}.")
+    pipe.vae.load_state_dict(base, strict=False)
+    pipe.vae.register_to_config(scaling_factor=trained_vae.config.scaling_factor)  # measured by the vae stage
+    pipe.to(torch.float32).save_pretrained(config.pipeline_dir)
+    return config.pipeline_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="reflection-separation-train",
@@ -724,13 +748,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after", type=int, default=None, help="stop after this step's checkpoint (testing)")
     parser.add_argument("--export-fp16", type=Path, metavar="DIR", help="afterwards, write the last stage's result "
                         "in fp16 to DIR (the pipeline, or the control regressor after `control`)")
+    parser.add_argument("--vae-from", metavar="PIPELINE", help="start a new run with this pipeline's trained VAE "
+                        "(base weights; FGFM re-initialized) instead of running the `vae` stage")
     args = parser.parse_args(argv)
+    if args.vae_from is not None and "vae" in args.stage:
+        parser.error("--vae-from replaces the `vae` stage; drop it from --stage")
     if args.export_fp16 is not None and args.stop_after is not None:
         parser.error("--export-fp16 needs finished stages; drop --stop-after")
     config = TrainingConfig.from_file(args.config)
+    accelerator = Accelerator()
+    if args.vae_from is not None:
+        if accelerator.is_main_process:
+            seed_with_trained_vae(config, args.vae_from)
+        accelerator.wait_for_everyone()
     for stage in args.stage:
         train_stage(config, stage, stop_after=args.stop_after)
-    accelerator = Accelerator()
     if args.export_fp16 is not None and accelerator.is_main_process:
         export_fp16(config, args.stage[-1], args.export_fp16)
     accelerator.end_training()  # once, after all stages: it tears down the process group the stages share

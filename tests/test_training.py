@@ -119,6 +119,27 @@ def test_all_stages_from_the_command_line_give_a_loadable_pipeline(photos, tmp_p
     UNet2DModel.from_pretrained(control)
 
 
+def test_vae_from_starts_a_run_with_a_trained_vae_and_fresh_fgfm(photos, tmp_path):
+    first = run_config(photos, tmp_path / "first", steps=3)
+    train_stage(first, "vae")
+    train_stage(first, "fgfm")
+    config_path = tmp_path / "second.json"
+    config_path.write_text(json.dumps({"output_dir": str(tmp_path / "second"), "photos": str(photos),
+                                       "resolution": 32, "num_samples": 64, "validation_fraction": 0.4,
+                                       "stages": {"unet": {"steps": 2, "batch_size": 2, "validation_steps": 2}}}))
+    assert main(["--config", str(config_path), "--stage", "unet", "--vae-from", str(first.pipeline_dir)]) == 0
+    trained = ReflectionSeparationPipeline.from_pretrained(first.pipeline_dir).vae
+    seeded = ReflectionSeparationPipeline.from_pretrained(tmp_path / "second" / "pipeline").vae
+    fresh = build_pipeline().vae.state_dict()
+    assert seeded.config.scaling_factor == trained.config.scaling_factor != 1.0
+    for name, value in seeded.state_dict().items():
+        expected = fresh[name] if name.startswith("fgfm_fusions.") else trained.state_dict()[name]
+        assert torch.equal(value, expected), name
+    assert any(not torch.equal(trained.state_dict()[n], fresh[n]) for n in fresh if n.startswith("fgfm_fusions."))
+    with pytest.raises(ValueError, match="already holds a pipeline"):
+        main(["--config", str(config_path), "--stage", "unet", "--vae-from", str(first.pipeline_dir)])
+
+
 def test_config_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="Unknown training config keys"):
         TrainingConfig.from_dict({"output_dir": "x", "photos": "y", "learning_rate": 1})
