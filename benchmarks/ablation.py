@@ -9,8 +9,9 @@ Rows (as in the paper's ablation, plus FGFM and the control):
   full (+disjoint, +FGFM)           k = 0.2, guidance "fast", w = 0.8 (the defaults of the method)
   full without FGFM                 w = 0
 
-The mixtures are made from the photos of the validation split (by file-name hash, the same split the
-training stack uses), which no training item ever contains. Metrics are the evaluation harness's:
+The mixtures are made from the photos of the validation split (by file-name hash, the same split the training
+stack uses), which no training item ever contains; those whose reflection the synthesizer's overflow
+compensation removed from a whole channel are skipped (indices listed in the JSON). Metrics are the evaluation harness's:
 PSNR / SSIM of T and R, and the gradient-correlation leakage of true R in predicted T (and true T in R).
 
     python benchmarks/ablation.py --pipeline runs/small_model/pipeline --baseline runs/small_model_baseline/pipeline \
@@ -35,6 +36,9 @@ from reflection_separation import ReflectionSeparationPipeline
 from reflection_separation.data import SyntheticReflectionDataset
 from reflection_separation.evaluation import BenchmarkItem, format_markdown_table, image_metrics, summarize
 from reflection_separation.training import run_control_regressor
+
+MIN_REFLECTION = 1 / 255  # a channel's mean of the reflection in the mixture below which it is invisible
+MAX_DRAWS_PER_IMAGE = 4  # validation mixtures drawn per requested image, to replace those without reflection
 
 METHOD_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("baseline (fine-tune only)", "baseline", {"disjoint_strength": 0.0, "guidance_mode": "off", "fgfm_strength": 0.0}),
@@ -72,6 +76,37 @@ def run_pipeline_row(pipe, items, settings, steps, batch_size, seed) -> tuple[di
     return score(items, list(out.transmission), list(out.reflection)), seconds
 
 
+def held_out_items(args: argparse.Namespace) -> tuple[list[BenchmarkItem], list[int]]:
+    """The first ``num_images`` validation mixtures that hold a visible reflection, and the indices skipped.
+
+    The synthesizer's overflow compensation can darken the reflection of a bright photo to nothing in one
+    channel or all; such a mixture equals its T there, so the band-wise PSNR of "mixture as T" is infinite and
+    the item tests no separation in that channel: it is left out.
+    """
+    dataset = SyntheticReflectionDataset(
+        args.photos,
+        resolution=args.resolution,
+        num_samples=MAX_DRAWS_PER_IMAGE * args.num_images,
+        seed=args.seed,
+        split="validation",
+        validation_fraction=args.validation_fraction,
+        flip_probability=0.0,
+    )
+    items, skipped = [], []
+    for index in range(len(dataset)):
+        if len(items) == args.num_images:
+            break
+        sample = dataset[index]
+        if sample["reflection"].mean(dim=(1, 2)).min() < MIN_REFLECTION:
+            skipped.append(index)
+            continue
+        items.append(BenchmarkItem(str(index), *(to_hwc(sample[k]) for k in ("mixture", "transmission", "reflection"))))
+    if len(items) < args.num_images:
+        raise ValueError(f"Only {len(items)} of {len(dataset)} validation mixtures hold a visible reflection; "
+                         "lower --num-images or add validation photos.")
+    return items, skipped
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="trained pipeline folder (with CLSA)")
@@ -88,19 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output", required=True, help="JSON path; a Markdown table is written beside it")
     args = parser.parse_args(argv)
 
-    dataset = SyntheticReflectionDataset(
-        args.photos,
-        resolution=args.resolution,
-        num_samples=args.num_images,
-        seed=args.seed,
-        split="validation",
-        validation_fraction=args.validation_fraction,
-        flip_probability=0.0,
-    )
-    items = []
-    for index in range(len(dataset)):
-        sample = dataset[index]
-        items.append(BenchmarkItem(str(index), *(to_hwc(sample[k]) for k in ("mixture", "transmission", "reflection"))))
+    items, skipped = held_out_items(args)
 
     rows: list[dict[str, Any]] = [
         {"name": "mixture as T", "metrics": summarize([image_metrics(item, item.mixture, None) for item in items])}
@@ -132,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "description": "Ablation on held-out synthetic mixtures (validation-split photos only).",
         "settings": {k: v for k, v in vars(args).items()},
+        "skipped_without_reflection": skipped,
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()},
         "rows": rows,

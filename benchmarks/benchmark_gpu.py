@@ -773,6 +773,70 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return evaluated
 
 
+# --------------------------------------------------------------------------------------------- summary
+
+OPTIMIZED_FORMS = ("cuda_graph", "cuda_graph_unet", "compiled", "compiled_cuda_graph", "compiled_cuda_graph_unet")
+
+
+def summary_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None, dict[str, Any] | None, str]]:
+    """``(workload, eager, best optimized, its form)`` for every timed workload with an eager form."""
+    rows = []
+    for resolution in ("512", "960"):
+        for variant, label in (("plain", "plain attention"), ("clsa", "CLSA"), ("clsa_channels_last", "CLSA, channels-last")):
+            rows.append((f"UNet step {resolution}, {label}", lookup(results, "unet_step", resolution, variant)))
+    for backend in ("flash", "cudnn", "efficient"):
+        rows.append((f"UNet step 960, CLSA, SDPA {backend}", {"eager": lookup(results, "sdpa_backends", "960", backend)}))
+    for mode in ("no_grad_step", "fast", "full", "full_without_checkpointing"):
+        rows.append((f"sampling step 960, guidance {mode}", {"eager": lookup(results, "guidance_step", mode)}))
+    for variant in ("fgfm", "plain"):
+        rows.append((f"VAE decode 960, {variant}", lookup(results, "vae_decode", variant)))
+    for resolution in ("512", "960"):
+        for mode in GUIDANCE_MODES:
+            steps = lookup(results, "pipeline", "steps")
+            rows.append((f"pipeline {resolution}, {steps} steps, guidance {mode}", lookup(results, "pipeline", resolution, mode)))
+    rows.append((f"tiled {lookup(results, 'tiled', 'image_size')}", lookup(results, "tiled")))
+    summarized = []
+    for label, forms in rows:
+        if not isinstance(forms, dict) or not isinstance(forms.get("eager"), dict) or "median_ms" not in forms["eager"]:
+            continue
+        optimized = [(name, forms[name]) for name in OPTIMIZED_FORMS
+                     if isinstance(forms.get(name), dict) and "median_ms" in forms[name]]
+        name, best = min(optimized, key=lambda item: item[1]["median_ms"]) if optimized else ("", None)
+        summarized.append((label, forms["eager"], best, name))
+    return summarized
+
+
+def markdown_summary(report: dict[str, Any]) -> str:
+    """The README's tables from a result JSON (complete or cut short): timings, floors, targets, kernel shares."""
+    environment_ = report["environment"]
+    cut_short = "" if report["status"] == "complete" else "; cut short: the sections missing below did not run"
+    lines = [f"{environment_.get('gpu', environment_['device'])}, torch {environment_['torch']}, diffusers "
+             f"{environment_['diffusers']}, {report['settings']['dtype']}; bf16 matmul rate "
+             f"{report['matmul']['tflops']:.0f} TFLOP/s measured in the same run{cut_short}."]
+    number = lambda value, digits=1: "-" if value is None else f"{value:.{digits}f}"  # noqa: E731
+    for name, results in report["models"].items():
+        if "skipped" in results:
+            continue
+        lines += ["", f"**{name}**", "",
+                  "| Workload | eager ms | optimized ms (form) | floor ms | best / floor | peak GiB |",
+                  "|---|---|---|---|---|---|"]
+        for label, eager, best, form in summary_rows(results):
+            fastest = best if best is not None and best["median_ms"] < eager["median_ms"] else eager
+            optimized = f"{best['median_ms']:.1f} ({form})" if best is not None else "-"
+            lines.append(f"| {label} | {eager['median_ms']:.1f} | {optimized} | {number(eager.get('floor_ms'))} | "
+                         f"{number(fastest.get('x_floor'), 2)} | {number(eager.get('peak_gib'), 2)} |")
+        profile = results.get("profile", {})
+        if "categories" in profile:
+            shares = ", ".join(f"{kind} {value['ms']:.1f} ms ({value['share']:.0%})"
+                               for kind, value in profile["categories"].items())
+            lines += ["", f"Kernel time of the {profile['resolution']} CLSA step by kind: {shares}."]
+        lines += ["", "| Target | limit | measured | met |", "|---|---|---|---|"]
+        for target in results.get("targets") or evaluate_targets(results):
+            met = {True: "yes", False: "no", None: "not measured"}[target["met"]]
+            lines.append(f"| {target['target']} | {target['limit']} | {number(target['measured'], 2)} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------- driver
 
 
@@ -845,6 +909,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--text-layers", type=int, default=2, help="CLIP layers of the SD 2.1 model (SD 2.1 uses 23)")
     parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--output", type=Path, help="JSON path (default benchmarks/results/<gpu>_<date>.json)")
+    parser.add_argument("--summarize", type=Path, metavar="JSON", help="print the Markdown tables of a result "
+                        "JSON (the README's) and exit")
     args = parser.parse_args(argv)
     for key, value in PROFILES["tiny" if args.tiny else "full"].items():
         if getattr(args, key) is None:
@@ -892,6 +958,10 @@ def model_builders(args: argparse.Namespace, runtime: Runtime) -> dict[str, Mode
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.summarize is not None:
+        report = json.loads(args.summarize.read_text())
+        print(markdown_summary(report), end="")
+        return report
     runtime = Runtime(torch.device(args.device), DTYPES[args.dtype], args.warmup, args.repeats)
     if runtime.is_cuda:
         torch.backends.cudnn.benchmark = args.cudnn_benchmark

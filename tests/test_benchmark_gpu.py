@@ -57,6 +57,22 @@ def test_tiny_cpu_run_writes_every_section(bench, tmp_path):
     assert [t["measured"] for t in model["targets"]] == [None] * len(bench.TARGETS)  # tiny sizes: no 512/960
 
 
+def test_summary_tables_carry_the_measured_numbers(bench, tmp_path, capsys):
+    step = {"eager": {"median_ms": 30.0, "x_floor": 2.0, "floor_ms": 15.0, "peak_gib": 2.5},
+            "cuda_graph": {"median_ms": 20.0, "x_floor": 1.2}}
+    report = {"environment": {"device": "cuda", "gpu": "NVIDIA H200", "torch": "2.x", "diffusers": "0.x"},
+              "settings": {"dtype": "bf16"}, "matmul": {"tflops": 747.0}, "status": "running",
+              "models": {"small_model": {"skipped": "no --model folder given"},
+                         "sd21_arch_random": {"unet_step": {"960": {"clsa": step}}}}}
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(report))
+    assert bench.main(["--summarize", str(path)]) == report
+    printed = capsys.readouterr().out
+    assert "| UNet step 960, CLSA | 30.0 | 20.0 (cuda_graph) | 15.0 | 1.20 | 2.50 |" in printed
+    assert "| dual-branch UNet+CLSA step at 960, multiple of its compute floor | 1.25 | 1.20 | yes |" in printed
+    assert "cut short" in printed and "small_model" not in printed
+
+
 def test_model_folder_is_benchmarked_or_skipped(bench, tmp_path):
     build_pipeline(seed=1).save_pretrained(tmp_path / "small")
     report = bench.main(["--device", "cpu", "--tiny", "--only", "unet_step", "--model", str(tmp_path / "small"),
