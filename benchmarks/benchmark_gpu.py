@@ -64,6 +64,7 @@ from reflection_separation import ReflectionSeparationPipeline
 from reflection_separation.attention import set_cross_layer_attention, uses_cross_layer_attention
 from reflection_separation.components import build_pipeline, make_clip_tokenizer, make_scheduler, make_text_encoder
 from reflection_separation.composition import LatentCompositionGuidance, LatentCompositionNet
+from reflection_separation.cuda_graphs import CUDAGraphed
 from reflection_separation.scheduling import DisjointSampling
 from reflection_separation.tiling import tile_boxes
 from reflection_separation.vae import FGFMAutoencoderKL
@@ -224,61 +225,6 @@ def measure_matmul(runtime: Runtime, size: int) -> dict[str, Any]:
     return result
 
 
-class CUDAGraphed:
-    """Replays ``fn`` (tensors in, one tensor out) from CUDA graphs, one graph per input shapes.
-
-    Inputs are copied into static buffers before each replay and the output is cloned, so callers may keep it.
-    Calls with gradients enabled (the "full" guidance backpropagates through the UNet) run ``fn`` eagerly.
-    """
-
-    def __init__(self, fn: Callable[..., torch.Tensor], capture_warmup: int = 2) -> None:
-        self.fn = fn
-        self.capture_warmup = capture_warmup
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
-
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            return self.fn(*args)
-        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(args)
-        graph, static_inputs, static_output = self.graphs[key]
-        for static, value in zip(static_inputs, args):
-            static.copy_(value)
-        graph.replay()
-        return static_output.clone()
-
-    def _capture(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]:
-        static_inputs = [a.clone() for a in args]
-        # Warm up on a side stream (cuDNN/cuBLAS choose their kernels and workspaces outside the capture).
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(self.capture_warmup):
-                self.fn(*static_inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_output = self.fn(*static_inputs)
-        return graph, static_inputs, static_output
-
-    def release(self) -> None:
-        self.graphs.clear()
-        clear_memory()
-
-
-@contextlib.contextmanager
-def graphed_unet_calls(pipe: ReflectionSeparationPipeline) -> Iterator[None]:
-    """Route the pipeline's no-grad UNet calls (``predict_noise``) through CUDA graphs for the duration."""
-    graphed = CUDAGraphed(pipe.predict_noise)
-    pipe.predict_noise = graphed  # the instance attribute shadows the method
-    try:
-        yield
-    finally:
-        del pipe.predict_noise
-        graphed.release()
-
-
 @contextlib.contextmanager
 def attention_mode(unet: UNet2DConditionModel, clsa: bool) -> Iterator[None]:
     """CLSA (``True``) or plain self-attention on every ``attn1`` for the duration."""
@@ -413,7 +359,7 @@ class ModelBench:
         finally:
             graphed.release()
 
-    def pipeline_call(self, resolution: int, mode: str) -> Callable[[], Any]:
+    def pipeline_call(self, resolution: int, mode: str, cuda_graphs: bool = False) -> Callable[[], Any]:
         image = torch.rand(3, resolution, resolution, generator=torch.Generator().manual_seed(resolution))
 
         def call() -> Any:
@@ -424,6 +370,7 @@ class ModelBench:
                 guidance_mode=mode,
                 output_type="pt",
                 generator=torch.Generator().manual_seed(0),
+                cuda_graphs=cuda_graphs,
             )
 
         return call
@@ -503,10 +450,10 @@ def section_compile(bench: ModelBench) -> dict[str, Any]:
                                         "flops": call_flops}
             pipeline["compiled"] = runtime.measure(call, call_flops, warmup=1, repeats=args.pipeline_repeats)
             if runtime.is_cuda:
-                with graphed_unet_calls(bench.pipe):
-                    pipeline["compiled_cuda_graph_unet"] = runtime.measure(
-                        call, call_flops, warmup=1, repeats=args.pipeline_repeats
-                    )
+                graphed_call = bench.pipeline_call(largest, "fast", cuda_graphs=True)
+                pipeline["compiled_cuda_graph_unet"] = runtime.measure(
+                    graphed_call, call_flops, warmup=1, repeats=args.pipeline_repeats
+                )
             else:
                 pipeline["compiled_cuda_graph_unet"] = dict(NEEDS_CUDA)
             results["pipeline"] = pipeline
@@ -640,14 +587,22 @@ def section_profile(bench: ModelBench) -> dict[str, Any]:
     }
 
 
-def measure_pipeline_call(bench: ModelBench, call: Callable[[], Any]) -> dict[str, Any]:
-    """FLOPs of a pipeline call, its time eager and with its no-grad UNet calls replayed from CUDA graphs."""
+def measure_pipeline_call(bench: ModelBench, resolution: int, mode: str) -> dict[str, Any]:
+    """FLOPs of a pipeline call, its time eager and with the pipeline's CUDA graphs (its default on CUDA), and
+    how far the two outputs are apart (same seed)."""
     runtime, args = bench.runtime, bench.args
-    flops, _ = count_flops(call)  # also the eager warm-up call
-    eager = runtime.measure(call, flops, warmup=0, repeats=args.pipeline_repeats)
+    eager_call = bench.pipeline_call(resolution, mode, cuda_graphs=False)
+    flops, _ = count_flops(eager_call)  # also the eager warm-up call
+    eager = runtime.measure(eager_call, flops, warmup=0, repeats=args.pipeline_repeats)
     if runtime.is_cuda:
-        with graphed_unet_calls(bench.pipe):
-            graphed = attempt(lambda: runtime.measure(call, flops, warmup=1, repeats=args.pipeline_repeats))
+        graphed_call = bench.pipeline_call(resolution, mode, cuda_graphs=True)
+        graphed = attempt(lambda: runtime.measure(graphed_call, flops, warmup=1, repeats=args.pipeline_repeats))
+        if "median_ms" in graphed:
+            outputs = [call() for call in (eager_call, graphed_call)]
+            graphed["max_abs_diff_vs_eager"] = max(
+                (a.float() - b.float()).abs().max().item() for a, b in zip(*outputs)
+            )
+        bench.pipe.release_cuda_graphs()
     else:
         graphed = dict(NEEDS_CUDA)
     for measured in (eager, graphed):
@@ -662,8 +617,7 @@ def section_pipeline(bench: ModelBench) -> dict[str, Any]:
     for resolution in args.resolutions:
         entry: dict[str, Any] = {}
         for mode in GUIDANCE_MODES:
-            call = bench.pipeline_call(resolution, mode)
-            entry[mode] = attempt(lambda: measure_pipeline_call(bench, call))
+            entry[mode] = attempt(lambda: measure_pipeline_call(bench, resolution, mode))
             log(f"  pipeline {resolution} {mode}: eager {lookup(entry[mode], 'eager', 'median_ms')} ms")
         results[str(resolution)] = entry
     return results
@@ -676,9 +630,9 @@ def section_tiled(bench: ModelBench) -> dict[str, Any]:
     image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(3))
     tile_image = image[:, :tile, :tile]
 
-    def call(pixels: torch.Tensor, steps: int) -> Any:
+    def call(pixels: torch.Tensor, steps: int, cuda_graphs: bool = False) -> Any:
         return pipe(pixels, num_inference_steps=steps, processing_resolution=0, tile_size=tile, tile_overlap=overlap,
-                    output_type="pt", generator=torch.Generator().manual_seed(0))
+                    output_type="pt", generator=torch.Generator().manual_seed(0), cuda_graphs=cuda_graphs)
 
     tiles = len(tile_boxes(size, size, tile, overlap))
     tile_flops, _ = count_flops(lambda: call(tile_image, args.steps))  # one tile's work; also the eager warm-up
@@ -689,9 +643,9 @@ def section_tiled(bench: ModelBench) -> dict[str, Any]:
         "eager": runtime.measure(lambda: call(image, args.steps), flops, warmup=0, repeats=1),
     }
     if runtime.is_cuda:
-        with graphed_unet_calls(pipe):
-            call(tile_image, 1)  # captures the tile's graph
-            results["cuda_graph_unet"] = runtime.measure(lambda: call(image, args.steps), flops, warmup=0, repeats=1)
+        call(tile_image, 1, cuda_graphs=True)  # captures the tile's graph
+        results["cuda_graph_unet"] = runtime.measure(lambda: call(image, args.steps, True), flops, warmup=0, repeats=1)
+        pipe.release_cuda_graphs()
     else:
         results["cuda_graph_unet"] = dict(NEEDS_CUDA)
     return results
@@ -979,7 +933,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ("flops: torch.utils.flop_counter (matmuls, convolutions, attention; elementwise and normalization work "
              "is not counted); floor_ms = flops / measured matmul rate; x_floor = median_ms / floor_ms"),
             ("cuda_graph: the whole function replayed from one CUDA graph per shape (inputs copied into static "
-             "buffers); cuda_graph_unet: the pipeline's no-grad UNet calls replayed, the rest eager"),
+             "buffers); cuda_graph_unet: the pipeline with `cuda_graphs=True` (its default on CUDA: the denoising "
+             "loop's UNet calls replayed, the rest eager); eager: `cuda_graphs=False`"),
         ],
         "matmul": None,
         "models": {},

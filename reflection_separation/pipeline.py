@@ -33,6 +33,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .attention import set_cross_layer_attention
 from .composition import GUIDANCE_MODES, LatentCompositionGuidance, LatentCompositionNet
+from .cuda_graphs import CUDAGraphed
 from .image_processing import PipelineImageInput, ReflectionImageProcessor
 from .scheduling import DisjointSampling, tweedie_x0
 from .tiling import blend_tiles, tile_boxes
@@ -346,6 +347,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         tile_size: int | None = None,
         tile_overlap: int | None = None,
         guidance_checkpointing: bool = True,
+        cuda_graphs: bool | None = None,
     ) -> ReflectionSeparationPipelineOutput | tuple:
         """Separate each image into transmission and reflection.
 
@@ -376,6 +378,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             tile_overlap: pixels shared by neighbouring tiles (default: a quarter of ``tile_size``).
             guidance_checkpointing: in ``"full"`` guidance, recompute the UNet's activations in the backward pass
                 instead of keeping them (less memory, one more forward per guidance step).
+            cuda_graphs: replay the denoising loop's UNet calls from CUDA graphs (captured on the first call of
+                each latent shape, kept for later calls); ``None`` (default) turns them on for CUDA devices without
+                CPU offload. ``False`` runs every call eagerly.
         """
         config = self.config
         num_inference_steps = num_inference_steps if num_inference_steps is not None else config.default_denoising_steps
@@ -416,6 +421,13 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             gen_device = (generator[0] if isinstance(generator, list) else generator).device
             if gen_device.type != "cpu" and gen_device.type != torch.device(device).type:
                 raise ValueError(f"`generator` is on {gen_device} but the pipeline runs on {device}; use a CPU generator.")
+
+        if cuda_graphs is None:
+            cuda_graphs = torch.device(device).type == "cuda" and not hasattr(self.unet, "_hf_hook")
+        elif cuda_graphs and torch.device(device).type != "cuda":
+            raise ValueError(f"`cuda_graphs=True` needs the pipeline on a CUDA device, but it runs on {device}; "
+                             "leave `cuda_graphs=None` (on for CUDA devices) or pass False.")
+        predict_noise = self._graphed_predict_noise() if cuda_graphs else self.predict_noise
 
         # 2. Prompts (encoded once per call) and guidance.
         prompt_pair = self.encode_layer_prompts(device).to(self.unet.dtype)
@@ -470,7 +482,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             for step, t in enumerate(self.progress_bar(timesteps, desc="Denoising", leave=False)):
                 t_host = host_timesteps[step]
                 latent_input = self.scheduler.scale_model_input(latents, t)
-                model_output = self.predict_noise(latent_input, t, mixture_latents, prompt_embeds)
+                model_output = predict_noise(latent_input, t, mixture_latents, prompt_embeds)
                 if (disjoint_strength != 0 or guidance is not None) and sampler.acts_at(t_host):
                     epsilon = sampler.epsilon(model_output, t_host, latent_input, disjoint_strength)
                     if guidance is not None:
@@ -527,6 +539,21 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         if not return_dict:
             return (transmission, reflection)
         return ReflectionSeparationPipelineOutput(transmission=transmission, reflection=reflection)
+
+    def release_cuda_graphs(self) -> None:
+        """Free the CUDA graphs (and their memory) that calls with ``cuda_graphs`` captured."""
+        graphed = getattr(self, "_cuda_graphed", None)
+        if graphed is not None:
+            graphed.release()
+
+    def _graphed_predict_noise(self) -> CUDAGraphed:
+        """:meth:`predict_noise` through CUDA graphs kept on the pipeline (so later calls skip the capture);
+        new graphs when the UNet was replaced, moved or changed."""
+        graphed = getattr(self, "_cuda_graphed", None)
+        if graphed is None or graphed.owner is not self.unet:
+            graphed = self._cuda_graphed = CUDAGraphed(self.predict_noise, owner=self.unet)
+        graphed.check_owner()
+        return graphed
 
     def _x0_predictor(
         self,

@@ -116,14 +116,3 @@ def test_targets_read_the_best_measured_form(bench):
     evaluated = {t["target"]: (t["measured"], t["met"]) for t in bench.evaluate_targets(results)}
     assert list(evaluated.values()) == [(1.2, True), (6.0, False), (0.9, True), (2.9, False), (7.0, True),
                                         (None, None)]
-
-
-def test_graphed_unet_calls_swap_and_restore_predict_noise(bench, tiny_pipe):
-    latents, mixture = torch.randn(2, 4, 8, 8), torch.randn(1, 4, 8, 8)
-    prompts, timestep = tiny_pipe.encode_layer_prompts(), torch.tensor(10)
-    expected = tiny_pipe.predict_noise(latents, timestep, mixture, prompts)
-    with bench.graphed_unet_calls(tiny_pipe):
-        assert isinstance(tiny_pipe.predict_noise, bench.CUDAGraphed)
-        with torch.enable_grad():  # calls with gradients (the "full" guidance) stay eager
-            assert torch.equal(tiny_pipe.predict_noise(latents, timestep, mixture, prompts), expected)
-    assert "predict_noise" not in vars(tiny_pipe)
