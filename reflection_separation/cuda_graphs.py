@@ -10,7 +10,7 @@ guidance) run eagerly.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from typing import Callable
 
 import torch
 from torch import nn

@@ -423,7 +423,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                 raise ValueError(f"`generator` is on {gen_device} but the pipeline runs on {device}; use a CPU generator.")
 
         if cuda_graphs is None:
-            cuda_graphs = torch.device(device).type == "cuda" and not hasattr(self.unet, "_hf_hook")
+            offloaded = any(hasattr(module, "_hf_hook") for module in self.unet.modules())  # accelerate's hooks
+            cuda_graphs = torch.device(device).type == "cuda" and not offloaded
         elif cuda_graphs and torch.device(device).type != "cuda":
             raise ValueError(f"`cuda_graphs=True` needs the pipeline on a CUDA device, but it runs on {device}; "
                              "leave `cuda_graphs=None` (on for CUDA devices) or pass False.")

@@ -100,6 +100,21 @@ def test_separate_folder_skips_broken_files_and_ignores_batch_size(tiny_model, t
         assert np.abs(single - batched).max() <= 1
 
 
+def test_make_sheet_places_input_layers_and_truth(tmp_path):
+    colours = {"in": (255, 0, 0), "t": (0, 255, 0), "r": (0, 0, 255), "tt": (255, 255, 0), "rt": (0, 255, 255)}
+    for name, colour in colours.items():
+        Image.new("RGB", (8, 6), colour).save(tmp_path / f"{name}.png")
+    paths = [tmp_path / f"{name}.png" for name in colours]
+    result = run_example("make_sheet.py", *paths[:3], "--truth", *paths[3:], "--scale", 2, "-o", tmp_path / "s.png")
+    check_ok(result)
+    with Image.open(tmp_path / "s.png") as sheet:
+        assert sheet.size == (48, 24)
+        centres = {"in": (8, 6), "t": (24, 6), "r": (40, 6), "tt": (24, 18), "rt": (40, 18)}
+        for name, centre in centres.items():
+            assert sheet.getpixel(centre) == colours[name], name
+        assert sheet.getpixel((8, 18)) == (255, 255, 255)
+
+
 def test_custom_scheduler(tiny_model, tmp_path):
     photo = write_image(tmp_path / "photo.png", width=44, height=36)
     result = run_example("custom_scheduler.py", photo, tmp_path / "out", "--model", tiny_model, "--steps", 3)
