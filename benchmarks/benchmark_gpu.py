@@ -476,29 +476,23 @@ def section_guidance_step(bench: ModelBench) -> dict[str, Any]:
     timestep = pipe.scheduler.timesteps[len(pipe.scheduler.timesteps) // 2]
     sampler = DisjointSampling(pipe.scheduler)
     host_timestep = int(timestep)  # as the pipeline does: noise-level lookups on the host, no sync per step
-    alpha_prod = sampler.alpha_prod(host_timestep)
     strength = pipe.config.default_disjoint_strength
     guidance = LatentCompositionGuidance(pipe.composition_net, pipe.config.default_guidance_scale, steps=1)
 
-    def sampling_step(mode: str) -> torch.Tensor:
+    def sampling_step(mode: str, checkpointing: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """What the pipeline does in one step before the scheduler step (``mode="off"``: no guidance)."""
-        output = pipe.predict_noise(latents, timestep, mixture, bench.prompts)
-        epsilon = sampler.epsilon(output, host_timestep, latents, strength)
-        if mode == "off":
-            return epsilon
-        predict_x0 = pipe._x0_predictor(
-            mode, epsilon, timestep, host_timestep, alpha_prod, sampler, strength, mixture, bench.prompts
-        )
-        return guidance(latents, predict_x0, mixture, alpha_prod)
+        return pipe.guided_model_output(latents, timestep, host_timestep, mixture, bench.prompts, sampler, strength,
+                                        None if mode == "off" else guidance, mode, checkpointing)
 
     results: dict[str, Any] = {"resolution": resolution, "latent_size": size, "guidance_steps": 1,
                                "unet_weights_require_grad": any(p.requires_grad for p in bench.unet.parameters())}
-    # "full" as the pipeline runs it: frozen UNet weights and activation checkpointing (`_guided_unet`)
-    variants = (("no_grad_step", "off", None), ("fast", "fast", None), ("full", "full", True),
+    # "full" as the pipeline runs it (`guided_model_output`): frozen UNet weights, activation checkpointing by
+    # default, and the step's own UNet forward reused for the first guidance gradient
+    variants = (("no_grad_step", "off", True), ("fast", "fast", True), ("full", "full", True),
                 ("full_without_checkpointing", "full", False))
     for name, mode, checkpointing in variants:
-        step = lambda: sampling_step(mode)
-        with attention_mode(bench.unet, True), pipe._guided_unet(checkpointing is not None, bool(checkpointing)):
+        step = lambda: sampling_step(mode, checkpointing)
+        with attention_mode(bench.unet, True):
             results[name] = attempt(lambda: runtime.measure(step, count_flops(step)[0]))
         if name != "no_grad_step" and "median_ms" in results[name] and "median_ms" in results["no_grad_step"]:
             results[name]["x_no_grad"] = results[name]["median_ms"] / results["no_grad_step"]["median_ms"]

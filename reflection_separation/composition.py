@@ -112,14 +112,22 @@ class LatentCompositionGuidance:
         predict_x0: Callable[[torch.Tensor], torch.Tensor],
         mixture_latent: torch.Tensor,
         alpha_prod: torch.Tensor,
+        first_x0: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run ``steps`` normalized gradient steps on the stacked latents; returns the updated latents."""
+        """Run ``steps`` normalized gradient steps on the stacked latents; returns the updated latents.
+
+        ``first_x0``: ``predict_x0(latents)`` already computed with its graph to ``latents`` (which then must
+        require grad), used for the first step instead of calling ``predict_x0`` again.
+        """
+        if first_x0 is not None and not latents.requires_grad:
+            raise ValueError("`first_x0` needs `latents` that require grad (its graph starts there).")
         step_size = self.scale * float((1 - alpha_prod).sqrt())
-        for _ in range(self.steps):
-            latents = latents.detach().requires_grad_(True)
+        for step in range(self.steps):
+            reuse = step == 0 and first_x0 is not None
+            latents = latents if reuse else latents.detach().requires_grad_(True)
             with torch.enable_grad():
                 net_dtype = next(self.composition_net.parameters()).dtype
-                x0 = predict_x0(latents).to(net_dtype)
+                x0 = (first_x0 if reuse else predict_x0(latents)).to(net_dtype)
                 loss = self.loss(x0, mixture_latent.to(net_dtype)).sum()
                 (grad,) = torch.autograd.grad(loss, latents)
             latents = latents.detach()

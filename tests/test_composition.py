@@ -83,3 +83,37 @@ def test_full_guidance_through_the_unet_lowers_composition_loss(tiny_pipe):
         assert guidance.loss(full(updated_full), mixture) < before
         # the full gradient includes the UNet's Jacobian, so it takes a different direction
         assert (updated_full - updated_fast).abs().max() > 1e-6
+
+
+def test_full_guidance_step_reuses_the_steps_unet_forward_with_the_same_result(tiny_pipe):
+    pipe = tiny_pipe
+    torch.nn.init.normal_(pipe.composition_net.conv_out.weight, std=0.1)
+    pipe.scheduler.set_timesteps(10)
+    t = pipe.scheduler.timesteps[2]
+    torch.manual_seed(4)
+    latents, mixture = torch.randn(2, 4, 16, 16), torch.randn(1, 4, 16, 16)
+    prompts = pipe.layer_prompt_batch(pipe.encode_layer_prompts(), 1)
+    sampler = DisjointSampling(pipe.scheduler)
+    alpha = sampler.alpha_prod(int(t))
+    guidance = LatentCompositionGuidance(pipe.composition_net, scale=0.01, steps=2)
+
+    # reference: the step as two separate UNet evaluations (no-grad noise estimate, then the guidance's own)
+    with torch.no_grad():
+        eps = sampler.epsilon(pipe.predict_noise(latents, t, mixture, prompts), int(t), latents, 0.2)
+    full = pipe._x0_predictor("full", eps, t, int(t), alpha, sampler, 0.2, mixture, prompts)
+    with pipe._guided_unet(True, False):
+        expected_latents = guidance(latents, full, mixture, alpha)
+    expected_output = sampler.model_output(eps, int(t), expected_latents)
+
+    calls = []
+    pipe.unet.register_forward_hook(lambda *args: calls.append(1))
+    for checkpointing in (False, True):
+        calls.clear()
+        with torch.no_grad():
+            output, guided = pipe.guided_model_output(
+                latents, t, int(t), mixture, prompts, sampler, 0.2, guidance, "full", checkpointing
+            )
+        torch.testing.assert_close(guided, expected_latents, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(output, expected_output, atol=1e-6, rtol=1e-5)
+        assert len(calls) == 2  # two guidance steps, one UNet forward each (the reference takes three)
+        assert all(p.requires_grad for p in pipe.unet.parameters())  # frozen only during the step

@@ -36,7 +36,7 @@ import sys
 import typing
 import warnings
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
@@ -292,14 +292,22 @@ class LatentCompositionGuidance:
         predict_x0: Callable[[torch.Tensor], torch.Tensor],
         mixture_latent: torch.Tensor,
         alpha_prod: torch.Tensor,
+        first_x0: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run ``steps`` normalized gradient steps on the stacked latents; returns the updated latents."""
+        """Run ``steps`` normalized gradient steps on the stacked latents; returns the updated latents.
+
+        ``first_x0``: ``predict_x0(latents)`` already computed with its graph to ``latents`` (which then must
+        require grad), used for the first step instead of calling ``predict_x0`` again.
+        """
+        if first_x0 is not None and not latents.requires_grad:
+            raise ValueError("`first_x0` needs `latents` that require grad (its graph starts there).")
         step_size = self.scale * float((1 - alpha_prod).sqrt())
-        for _ in range(self.steps):
-            latents = latents.detach().requires_grad_(True)
+        for step in range(self.steps):
+            reuse = step == 0 and first_x0 is not None
+            latents = latents if reuse else latents.detach().requires_grad_(True)
             with torch.enable_grad():
                 net_dtype = next(self.composition_net.parameters()).dtype
-                x0 = predict_x0(latents).to(net_dtype)
+                x0 = (first_x0 if reuse else predict_x0(latents)).to(net_dtype)
                 loss = self.loss(x0, mixture_latent.to(net_dtype)).sum()
                 (grad,) = torch.autograd.grad(loss, latents)
             latents = latents.detach()
@@ -1631,28 +1639,19 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             timesteps = self.scheduler.timesteps
             host_timesteps = timesteps.tolist()  # one copy to the host: the noise-level lookups need no sync per step
             for step, t in enumerate(self.progress_bar(timesteps, desc="Denoising", leave=False)):
-                t_host = host_timesteps[step]
-                latent_input = self.scheduler.scale_model_input(latents, t)
-                model_output = predict_noise(latent_input, t, mixture_latents, prompt_embeds)
-                if (disjoint_strength != 0 or guidance is not None) and sampler.acts_at(t_host):
-                    epsilon = sampler.epsilon(model_output, t_host, latent_input, disjoint_strength)
-                    if guidance is not None:
-                        alpha_prod = sampler.alpha_prod(t_host)
-                        predict_x0 = self._x0_predictor(
-                            guidance_mode,
-                            epsilon,
-                            t,
-                            t_host,
-                            alpha_prod,
-                            sampler,
-                            disjoint_strength,
-                            mixture_latents,
-                            prompt_embeds,
-                        )
-                        with self._guided_unet(guidance_mode == "full", guidance_checkpointing):
-                            latents = guidance(latents, predict_x0, mixture_latents, alpha_prod)
-                        latent_input = self.scheduler.scale_model_input(latents, t)
-                    model_output = sampler.model_output(epsilon, t_host, latent_input)
+                model_output, latents = self.guided_model_output(
+                    latents,
+                    t,
+                    host_timesteps[step],
+                    mixture_latents,
+                    prompt_embeds,
+                    sampler,
+                    disjoint_strength,
+                    guidance,
+                    guidance_mode,
+                    guidance_checkpointing,
+                    predict_noise,
+                )
                 latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
@@ -1690,6 +1689,48 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         if not return_dict:
             return (transmission, reflection)
         return ReflectionSeparationPipelineOutput(transmission=transmission, reflection=reflection)
+
+    def guided_model_output(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        host_timestep: int | float,
+        mixture_latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        sampler: DisjointSampling,
+        disjoint_strength: float,
+        guidance: LatentCompositionGuidance | None,
+        guidance_mode: str,
+        guidance_checkpointing: bool = True,
+        predict_noise: Callable[..., torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One sampling step up to the scheduler's: the UNet on both branches, disjoint combination and
+        latent-composition guidance. Returns the model output for ``scheduler.step`` and the (guided) latents.
+
+        In "full" guidance the step's UNet forward runs with gradients and also serves the first guidance
+        gradient (both evaluate the UNet at the same latents), so a guided step costs one forward and one
+        backward instead of two forwards and a backward. ``predict_noise`` replaces :meth:`predict_noise` for
+        the no-grad forward (the CUDA-graphed one).
+        """
+        predict_noise = predict_noise or self.predict_noise
+        if not ((disjoint_strength != 0 or guidance is not None) and sampler.acts_at(host_timestep)):
+            latent_input = self.scheduler.scale_model_input(latents, timestep)
+            return predict_noise(latent_input, timestep, mixture_latents, prompt_embeds), latents
+        alpha_prod = sampler.alpha_prod(host_timestep)
+        full = guidance is not None and guidance_mode == "full"
+        with self._guided_unet(full, guidance_checkpointing), torch.enable_grad() if full else nullcontext():
+            latents = latents.detach().requires_grad_(full)
+            latent_input = self.scheduler.scale_model_input(latents, timestep)
+            forward = self.predict_noise if full else predict_noise
+            epsilon = sampler.epsilon(forward(latent_input, timestep, mixture_latents, prompt_embeds), host_timestep,
+                                      latent_input, disjoint_strength)
+            if guidance is not None:
+                predict_x0 = self._x0_predictor(guidance_mode, epsilon, timestep, host_timestep, alpha_prod, sampler,
+                                                disjoint_strength, mixture_latents, prompt_embeds)
+                first_x0 = tweedie_x0(latent_input, epsilon, alpha_prod) if full else None
+                latents = guidance(latents, predict_x0, mixture_latents, alpha_prod, first_x0=first_x0)
+        latent_input = self.scheduler.scale_model_input(latents, timestep)
+        return sampler.model_output(epsilon.detach(), host_timestep, latent_input), latents
 
     def release_cuda_graphs(self) -> None:
         """Free the CUDA graphs (and their memory) that calls with ``cuda_graphs`` captured."""
