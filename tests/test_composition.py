@@ -59,16 +59,21 @@ def test_guidance_keeps_images_independent():
     torch.testing.assert_close(both[rows], single, atol=1e-6, rtol=1e-6)
 
 
-def test_full_guidance_through_the_unet_lowers_composition_loss(tiny_pipe):
-    pipe = tiny_pipe
+def guided_step_inputs(pipe, seed: int):
+    """A trained-like C, a mid-schedule timestep, random stacked latents and mixture, prompts, sampler, a_t."""
     torch.nn.init.normal_(pipe.composition_net.conv_out.weight, std=0.1)
     pipe.scheduler.set_timesteps(10)
     t = pipe.scheduler.timesteps[2]
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     latents, mixture = torch.randn(2, 4, 16, 16), torch.randn(1, 4, 16, 16)
     prompts = pipe.layer_prompt_batch(pipe.encode_layer_prompts(), 1)
     sampler = DisjointSampling(pipe.scheduler)
-    alpha = sampler.alpha_prod(t)
+    return t, latents, mixture, prompts, sampler, sampler.alpha_prod(int(t))
+
+
+def test_full_guidance_through_the_unet_lowers_composition_loss(tiny_pipe):
+    pipe = tiny_pipe
+    t, latents, mixture, prompts, sampler, alpha = guided_step_inputs(pipe, seed=3)
     with torch.no_grad():
         eps = sampler.epsilon(pipe.predict_noise(latents, t, mixture, prompts), t, latents, 0.2)
     full = pipe._x0_predictor("full", eps, t, int(t), alpha, sampler, 0.2, mixture, prompts)
@@ -87,14 +92,7 @@ def test_full_guidance_through_the_unet_lowers_composition_loss(tiny_pipe):
 
 def test_full_guidance_step_reuses_the_steps_unet_forward_with_the_same_result(tiny_pipe):
     pipe = tiny_pipe
-    torch.nn.init.normal_(pipe.composition_net.conv_out.weight, std=0.1)
-    pipe.scheduler.set_timesteps(10)
-    t = pipe.scheduler.timesteps[2]
-    torch.manual_seed(4)
-    latents, mixture = torch.randn(2, 4, 16, 16), torch.randn(1, 4, 16, 16)
-    prompts = pipe.layer_prompt_batch(pipe.encode_layer_prompts(), 1)
-    sampler = DisjointSampling(pipe.scheduler)
-    alpha = sampler.alpha_prod(int(t))
+    t, latents, mixture, prompts, sampler, alpha = guided_step_inputs(pipe, seed=4)
     guidance = LatentCompositionGuidance(pipe.composition_net, scale=0.01, steps=2)
 
     # reference: the step as two separate UNet evaluations (no-grad noise estimate, then the guidance's own)
