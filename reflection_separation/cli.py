@@ -403,6 +403,7 @@ def run_separate(args: argparse.Namespace) -> int:
             "fgfm_strength": args.fgfm_strength,
             "guidance_mode": args.guidance,
             "guidance_scale": args.guidance_scale,
+            "cuda_graphs": False if args.no_cuda_graphs else None,
         }
         call_kwargs = {key: value for key, value in call_kwargs.items() if value is not None}
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -548,6 +549,11 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         type=_positive_int,
         default=1,
         help="images per pipeline call; results do not depend on it (default: 1)",
+    )
+    parser.add_argument(
+        "--no-cuda-graphs",
+        action="store_true",
+        help="run every UNet call eagerly (on CUDA the denoising loop is replayed from CUDA graphs by default)",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")
     parser.add_argument(

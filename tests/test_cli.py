@@ -465,12 +465,12 @@ def test_tile_size_separates_large_images_in_tiles(model_dir, tmp_path, monkeypa
     original = ReflectionSeparationPipeline.__call__
 
     def spy(self, *args, **kwargs):
-        seen.append(kwargs.get("tile_size"))
+        seen.append((kwargs.get("tile_size"), kwargs.get("cuda_graphs")))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(ReflectionSeparationPipeline, "__call__", spy)
     image = write_image(tmp_path / "big.png", 90, 70)
     out = tmp_path / "out"
-    assert run(model_dir, image, "-o", out, "--resolution", "0", "--tile-size", "32") == 0
-    assert seen == [32]
+    assert run(model_dir, image, "-o", out, "--resolution", "0", "--tile-size", "32", "--no-cuda-graphs") == 0
+    assert seen == [(32, False)]
     assert layer_sizes(out, "big") == ((90, 70), (90, 70))
