@@ -27,7 +27,7 @@ from reflection_separation.components import build_pipeline
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = REPO_ROOT / "reflection_separation"
 COMMUNITY_FILE = REPO_ROOT / "examples" / "community" / "pipeline_reflection_separation.py"
-ROOT_MODULES = ("attention", "composition", "hub", "image_processing", "scheduling", "tiling", "vae")
+ROOT_MODULES = ("attention", "composition", "cuda_graphs", "hub", "image_processing", "scheduling", "tiling", "vae")
 REPO_ID = "owner/tiny-reflection-separation"
 
 FAKE_HUB = '''
