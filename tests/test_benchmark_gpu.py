@@ -43,7 +43,9 @@ def test_tiny_cpu_run_writes_every_section(bench, tmp_path):
         for mode in ("off", "fast", "full"):
             assert model["pipeline"][resolution][mode]["flops"] > 0
         assert model["pipeline"][resolution]["full"]["flops"] > model["pipeline"][resolution]["off"]["flops"]
-    assert model["guidance_step"]["full"]["x_no_grad"] > 1
+    guided = model["guidance_step"]
+    assert guided["full"]["flops"] > guided["fast"]["flops"] > guided["no_grad_step"]["flops"]  # (timings are noisy)
+    assert guided["full"]["x_no_grad"] > 0
     assert model["vae_decode"]["fgfm"]["flops"] > model["vae_decode"]["plain"]["flops"]
     assert model["tiled"]["tiles"] > 1 and model["tiled"]["eager"]["median_ms"] > 0
     assert model["compile"]["warmup_total_s"] > 0 and model["compile"]["pipeline"]["compiled"]["median_ms"] > 0
