@@ -30,6 +30,7 @@ from skimage import data as skimage_data
 import reflection_separation
 from reflection_separation import ReflectionSeparationPipeline, evaluation
 from reflection_separation.data import ReflectionSynthesizer, SynthesisParameters
+from reflection_separation.scheduling import to_sample
 
 
 def coffee_mixture(downsample: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,8 +68,7 @@ def diagnose(pipe: ReflectionSeparationPipeline, seed: int, downsample: int = 2)
         a = alphas[t].to(clean.dtype)
         noisy = signal * a.sqrt() * clean + (1 - a).sqrt() * noise
         output = pipe.predict_noise(noisy, torch.tensor(t), z_mixture, prompts)
-        epsilon = pipe.scheduler.config.prediction_type == "epsilon"
-        x0 = (noisy - (1 - a).sqrt() * output) / a.sqrt() if epsilon else a.sqrt() * noisy - (1 - a).sqrt() * output
+        x0 = to_sample(output, noisy, a, pipe.scheduler.config.prediction_type)
         return psnr(decode(x0[:1])[0], transmission)
 
     out = pipe(mixture, generator=torch.Generator().manual_seed(seed), output_type="pt")

@@ -19,10 +19,7 @@ TRAIN="-m reflection_separation.training"
 MAIN=examples/configs/small_model.json
 export OMP_NUM_THREADS=8
 
-seed_main() {
-    python3 -c "from reflection_separation.training import TrainingConfig, seed_with_trained_vae as seed
-seed(TrainingConfig.from_file('$MAIN'), 'reflection_separation/default_model')"
-}
+seed_main() { python3 $TRAIN --config $MAIN --vae-from reflection_separation/default_model; }
 train_baseline() {
     python3 $TRAIN --config examples/configs/small_model_baseline.json --stage unet \
         --export-fp16 runs/baseline_fp16 > "$RESULTS/baseline.log" 2>&1

@@ -71,6 +71,22 @@ def from_epsilon(
     raise ValueError(f"Unsupported `prediction_type` {prediction_type!r}; expected one of {PREDICTION_TYPES}.")
 
 
+def to_sample(
+    model_output: torch.Tensor, model_input: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The clean-latent estimate a model output of ``prediction_type`` implies, computed directly so that v- and
+    sample-prediction stay finite at ``a_t = 0`` (where going through epsilon would divide by zero)."""
+    a = alpha_prod.sqrt().to(model_output.dtype)
+    s = (1 - alpha_prod).sqrt().to(model_output.dtype)
+    if prediction_type == "epsilon":
+        return (model_input - s * model_output) / a
+    if prediction_type == "v_prediction":
+        return a * model_input - s * model_output
+    if prediction_type == "sample":
+        return model_output
+    raise ValueError(f"Unsupported `prediction_type` {prediction_type!r}; expected one of {PREDICTION_TYPES}.")
+
+
 def tweedie_x0(model_input: torch.Tensor, epsilon: torch.Tensor, alpha_prod: torch.Tensor) -> torch.Tensor:
     """One-step estimate ``z_0|t = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)``."""
     a = alpha_prod.sqrt().to(epsilon.dtype)

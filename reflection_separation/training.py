@@ -59,7 +59,7 @@ from .components import ModelSizeConfig, build_pipeline
 from .composition import composition_loss
 from .data import SyntheticReflectionDataset, list_images
 from .pipeline import ReflectionSeparationPipeline
-from .vae import FGFMAutoencoderKL
+from .vae import FGFM_PREFIX, FGFMAutoencoderKL
 
 STAGES = ("vae", "unet", "composition", "fgfm", "control")
 
@@ -231,7 +231,7 @@ class VAEObjective(Objective):
     def __init__(self, pipe: ReflectionSeparationPipeline) -> None:
         super().__init__(pipe, pipe.vae)
         for name, parameter in pipe.vae.named_parameters():
-            parameter.requires_grad_(not name.startswith("fgfm_fusions."))
+            parameter.requires_grad_(not name.startswith(FGFM_PREFIX))
 
     def forward(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
         images = _to_model_range(torch.cat([batch["transmission"], batch["mixture"]]))
@@ -724,13 +724,7 @@ def seed_with_trained_vae(config: TrainingConfig, source: str | Path) -> Path:
         raise ValueError(f"{str(config.pipeline_dir)!r} already holds a pipeline; --vae-from only starts a new run.")
     pipe = load_pipeline(config)
     trained_vae = FGFMAutoencoderKL.from_pretrained(source, subfolder="vae")
-    base = {name: value for name, value in trained_vae.state_dict().items() if not name.startswith("fgfm_fusions.")}
-    own = pipe.vae.state_dict()
-    if set(base) != {name for name in own if not name.startswith("fgfm_fusions.")} or any(
-        own[name].shape != value.shape for name, value in base.items()
-    ):
-        raise ValueError(f"The VAE in {str(source)!r} does not match the architecture of {config.model}.")
-    pipe.vae.load_state_dict(base, strict=False)
+    pipe.vae.load_base_weights(trained_vae.state_dict())
     pipe.vae.register_to_config(scaling_factor=trained_vae.config.scaling_factor)  # measured by the vae stage
     pipe.to(torch.float32).save_pretrained(config.pipeline_dir)
     return config.pipeline_dir
@@ -744,17 +738,20 @@ def main(argv: list[str] | None = None) -> int:
         "--config examples/configs/small_model.json --stage unet",
     )
     parser.add_argument("--config", required=True, help="training config JSON")
-    parser.add_argument("--stage", required=True, choices=STAGES, nargs="+", help="stages to run, in order")
+    parser.add_argument("--stage", choices=STAGES, nargs="+", default=[],
+                        help="stages to run, in order (none: only --vae-from's seeding)")
     parser.add_argument("--stop-after", type=int, default=None, help="stop after this step's checkpoint (testing)")
     parser.add_argument("--export-fp16", type=Path, metavar="DIR", help="afterwards, write the last stage's result "
                         "in fp16 to DIR (the pipeline, or the control regressor after `control`)")
     parser.add_argument("--vae-from", metavar="PIPELINE", help="start a new run with this pipeline's trained VAE "
                         "(base weights; FGFM re-initialized) instead of running the `vae` stage")
     args = parser.parse_args(argv)
+    if not args.stage and args.vae_from is None:
+        parser.error("pass --stage (or --vae-from to only start a run from a trained VAE)")
     if args.vae_from is not None and "vae" in args.stage:
         parser.error("--vae-from replaces the `vae` stage; drop it from --stage")
-    if args.export_fp16 is not None and args.stop_after is not None:
-        parser.error("--export-fp16 needs finished stages; drop --stop-after")
+    if args.export_fp16 is not None and (args.stop_after is not None or not args.stage):
+        parser.error("--export-fp16 needs finished stages; pass --stage and drop --stop-after")
     config = TrainingConfig.from_file(args.config)
     accelerator = Accelerator()
     if args.vae_from is not None:

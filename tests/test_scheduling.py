@@ -12,6 +12,7 @@ from reflection_separation.scheduling import (
     from_epsilon,
     scheduler_alpha_prod,
     to_epsilon,
+    to_sample,
     tweedie_x0,
 )
 
@@ -44,6 +45,16 @@ def test_epsilon_conversion_round_trip(prediction_type):
     torch.testing.assert_close(to_epsilon(target, x_t, alpha, prediction_type), eps, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(from_epsilon(eps, x_t, alpha, prediction_type), target, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(tweedie_x0(x_t, eps, alpha), x0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(to_sample(target, x_t, alpha, prediction_type), x0, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_clean_estimate_stays_exact_at_zero_signal(prediction_type):
+    torch.manual_seed(0)
+    x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    alpha = torch.tensor(0.0, dtype=torch.float64)  # the last step of a zero-terminal-SNR schedule: x_t = eps
+    target = {"v_prediction": -x0, "sample": x0}[prediction_type]
+    torch.testing.assert_close(to_sample(target, eps, alpha, prediction_type), x0)
 
 
 def test_disjoint_with_v_prediction_combines_in_epsilon_space():

@@ -138,6 +138,13 @@ def test_vae_from_starts_a_run_with_a_trained_vae_and_fresh_fgfm(photos, tmp_pat
     assert any(not torch.equal(trained.state_dict()[n], fresh[n]) for n in fresh if n.startswith("fgfm_fusions."))
     with pytest.raises(ValueError, match="already holds a pipeline"):
         main(["--config", str(config_path), "--stage", "unet", "--vae-from", str(first.pipeline_dir)])
+    seed_only = json.loads(config_path.read_text()) | {"output_dir": str(tmp_path / "third")}
+    config_path.write_text(json.dumps(seed_only))
+    assert main(["--config", str(config_path), "--vae-from", str(first.pipeline_dir)]) == 0  # seeding alone
+    assert not (tmp_path / "third" / "unet").exists()
+    seeded_alone = ReflectionSeparationPipeline.from_pretrained(tmp_path / "third" / "pipeline").vae
+    for name, value in seeded.state_dict().items():
+        assert torch.equal(seeded_alone.state_dict()[name], value), name
 
 
 def test_config_errors_are_clear(tmp_path):

@@ -862,6 +862,22 @@ def from_epsilon(
     raise ValueError(f"Unsupported `prediction_type` {prediction_type!r}; expected one of {PREDICTION_TYPES}.")
 
 
+def to_sample(
+    model_output: torch.Tensor, model_input: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The clean-latent estimate a model output of ``prediction_type`` implies, computed directly so that v- and
+    sample-prediction stay finite at ``a_t = 0`` (where going through epsilon would divide by zero)."""
+    a = alpha_prod.sqrt().to(model_output.dtype)
+    s = (1 - alpha_prod).sqrt().to(model_output.dtype)
+    if prediction_type == "epsilon":
+        return (model_input - s * model_output) / a
+    if prediction_type == "v_prediction":
+        return a * model_input - s * model_output
+    if prediction_type == "sample":
+        return model_output
+    raise ValueError(f"Unsupported `prediction_type` {prediction_type!r}; expected one of {PREDICTION_TYPES}.")
+
+
 def tweedie_x0(model_input: torch.Tensor, epsilon: torch.Tensor, alpha_prod: torch.Tensor) -> torch.Tensor:
     """One-step estimate ``z_0|t = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)``."""
     a = alpha_prod.sqrt().to(epsilon.dtype)
@@ -1009,6 +1025,9 @@ class FusionBlock(nn.Module):
         return self.proj_out(self.act(self.proj_in(torch.cat([encoder_features, decoder_features], dim=1))))
 
 
+FGFM_PREFIX = "fgfm_fusions."  # state-dict keys of the FGFM fusion blocks; everything else is the base VAE
+
+
 class FGFMAutoencoderKL(AutoencoderKL):
     """``AutoencoderKL`` whose decoder can be modulated by the mixture's encoder features (FGFM).
 
@@ -1079,10 +1098,20 @@ class FGFMAutoencoderKL(AutoencoderKL):
         """Wrap a trained ``AutoencoderKL`` (e.g. Stable Diffusion's): same weights, fresh zero-initialized FGFM."""
         config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
         model = cls.from_config({**config, **fgfm_config})
-        missing, unexpected = model.load_state_dict(vae.state_dict(), strict=False)
-        if unexpected or any(not key.startswith("fgfm_fusions.") for key in missing):
-            raise ValueError(f"VAE weights do not match the FGFM model: missing={missing}, unexpected={unexpected}.")
+        model.load_base_weights(vae.state_dict())
         return model.to(device=vae.device, dtype=vae.dtype)
+
+    def load_base_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load an autoencoder's weights (a plain ``AutoencoderKL``'s or another FGFM one's) into everything but
+        FGFM, which keeps its current weights; the two must have the same architecture."""
+        base = {key: value for key, value in state_dict.items() if not key.startswith(FGFM_PREFIX)}
+        own = self.state_dict()
+        resized = [key for key, value in base.items() if key in own and own[key].shape != value.shape]
+        if resized:
+            raise ValueError(f"VAE weights do not match the FGFM model: other shapes for {resized}.")
+        missing, unexpected = self.load_state_dict(base, strict=False)
+        if unexpected or any(not key.startswith(FGFM_PREFIX) for key in missing):
+            raise ValueError(f"VAE weights do not match the FGFM model: missing={missing}, unexpected={unexpected}.")
 
     @contextmanager
     def _record_encoder_features(self) -> Iterator[list[torch.Tensor]]:
