@@ -9,7 +9,8 @@ In `--tiny` mode the first is the test suite's tiny model (`components.build_pip
 
 Per model, the sections (in this order; `--only` picks some, `--compile` adds `compile`):
   unet_step      one dual-branch UNet step (2 rows [T; R], prompts (2, 77, 1024)) at each resolution with plain
-                 self-attention and with CLSA (also channels-last), eager and replayed from a CUDA graph
+                 self-attention and with CLSA (also channels-last, and with fused QKV projections), eager and
+                 replayed from a CUDA graph
   sdpa_backends  the CLSA step under each SDPA backend (flash, cuDNN, memory-efficient)
   guidance_step  one sampling step at the largest resolution: no guidance, "fast", "full" as the pipeline runs it
                  (frozen UNet weights, activation checkpointing) and "full" without checkpointing: time, peak
@@ -56,6 +57,7 @@ import diffusers
 import torch
 import transformers
 from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
 from torch.autograd import DeviceType
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
@@ -248,6 +250,30 @@ def channels_last(unet: UNet2DConditionModel, enabled: bool) -> Iterator[None]:
             unet.to(memory_format=torch.contiguous_format)
 
 
+@contextlib.contextmanager
+def fused_qkv(unet: UNet2DConditionModel, enabled: bool) -> Iterator[None]:
+    """Fused projections for the duration (when ``enabled``): one ``to_qkv`` matmul per self-attention (CLSA reads
+    it) and one ``to_kv`` per cross-attention (diffusers' fused processor). Unfused and processors restored after."""
+    if not enabled:
+        yield
+        return
+    processors = unet.attn_processors
+    attentions = [module for module in unet.modules() if isinstance(module, Attention)]
+    for module in attentions:
+        module.fuse_projections()
+    unet.set_attn_processor({name: processor if name.endswith("attn1.processor") else FusedAttnProcessor2_0()
+                             for name, processor in processors.items()})
+    try:
+        yield
+    finally:
+        for module in attentions:
+            module.fused_projections = False
+            for name in ("to_qkv", "to_kv"):
+                if hasattr(module, name):
+                    delattr(module, name)
+        unet.set_attn_processor(processors)
+
+
 # --------------------------------------------------------------------------------------------- models
 
 
@@ -385,12 +411,13 @@ def section_unet_step(bench: ModelBench) -> dict[str, Any]:
         inputs = bench.step_inputs(resolution)
         entry: dict[str, Any] = {"latent_size": bench.latent_size(resolution), "rows": inputs[0].shape[0],
                                  "prompt_shape": list(inputs[2].shape)}
-        variants = (("plain", False, False), ("clsa", True, False), ("clsa_channels_last", True, True))
-        for variant, clsa, layout in variants:
+        variants = (("plain", False, False, False), ("clsa", True, False, False),
+                    ("clsa_channels_last", True, True, False), ("clsa_fused_qkv", True, False, True))
+        for variant, clsa, layout, fused in variants:
             flops, by_op = bench.step_flops(resolution, clsa)
             sample = inputs[0].contiguous(memory_format=torch.channels_last) if layout else inputs[0]
             args = (sample, inputs[1], inputs[2])
-            with attention_mode(bench.unet, clsa), channels_last(bench.unet, layout):
+            with attention_mode(bench.unet, clsa), channels_last(bench.unet, layout), fused_qkv(bench.unet, fused):
                 entry[variant] = {
                     "flops": flops,
                     "flops_by_op": by_op,
@@ -430,7 +457,9 @@ def section_compile(bench: ModelBench) -> dict[str, Any]:
     with attention_mode(unet, True):  # FLOPs counted eagerly, before compiling
         step_flops = {resolution: bench.step_flops(resolution, True)[0] for resolution in args.resolutions}
         call_flops, _ = count_flops(call)
-    results: dict[str, Any] = {"backend": args.compile_backend, "mode": args.compile_mode or "default"}
+    results: dict[str, Any] = {"backend": args.compile_backend, "mode": args.compile_mode or "default",
+                               "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default"),
+                               "fx_graph_cache": torch._inductor.config.fx_graph_cache}
     unet.compile(backend=args.compile_backend, mode=args.compile_mode, dynamic=False)
     try:
         with attention_mode(unet, True):
@@ -581,6 +610,12 @@ def section_profile(bench: ModelBench) -> dict[str, Any]:
     }
 
 
+def output_difference(first: Any, second: Any) -> float:
+    """Largest absolute difference between two pipeline outputs (``output_type="pt"``), over both layers."""
+    return max((getattr(first, layer).float() - getattr(second, layer).float()).abs().max().item()
+               for layer in ("transmission", "reflection"))
+
+
 def measure_pipeline_call(bench: ModelBench, resolution: int, mode: str) -> dict[str, Any]:
     """FLOPs of a pipeline call, its time eager and with the pipeline's CUDA graphs (its default on CUDA), and
     how far the two outputs are apart (same seed)."""
@@ -592,10 +627,7 @@ def measure_pipeline_call(bench: ModelBench, resolution: int, mode: str) -> dict
         graphed_call = bench.pipeline_call(resolution, mode, cuda_graphs=True)
         graphed = attempt(lambda: runtime.measure(graphed_call, flops, warmup=1, repeats=args.pipeline_repeats))
         if "median_ms" in graphed:
-            outputs = [call() for call in (eager_call, graphed_call)]
-            graphed["max_abs_diff_vs_eager"] = max(
-                (a.float() - b.float()).abs().max().item() for a, b in zip(*outputs)
-            )
+            graphed["max_abs_diff_vs_eager"] = output_difference(eager_call(), graphed_call())
         bench.pipe.release_cuda_graphs()
     else:
         graphed = dict(NEEDS_CUDA)
@@ -676,7 +708,7 @@ def best_of(results: dict[str, Any], paths: list[tuple[str, ...]], key: str) -> 
 
 
 def step_paths(resolution: str) -> list[tuple[str, ...]]:
-    paths = [("unet_step", resolution, variant, form) for variant in ("clsa", "clsa_channels_last")
+    paths = [("unet_step", resolution, variant, form) for variant in ("clsa", "clsa_channels_last", "clsa_fused_qkv")
              for form in ("eager", "cuda_graph")]
     paths += [("compile", resolution, form) for form in ("compiled", "compiled_cuda_graph")]
     return paths + [("sdpa_backends", resolution, backend) for backend in ("default", *SDPA_BACKENDS)]
@@ -730,7 +762,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any] | No
     """``(workload, eager, best optimized, its form)`` for every timed workload with an eager form."""
     rows = []
     for resolution in ("512", "960"):
-        for variant, label in (("plain", "plain attention"), ("clsa", "CLSA"), ("clsa_channels_last", "CLSA, channels-last")):
+        for variant, label in (("plain", "plain attention"), ("clsa", "CLSA"), ("clsa_channels_last", "CLSA, channels-last"),
+                                ("clsa_fused_qkv", "CLSA, fused QKV")):
             rows.append((f"UNet step {resolution}, {label}", lookup(results, "unet_step", resolution, variant)))
     for backend in ("flash", "cudnn", "efficient"):
         rows.append((f"UNet step 960, CLSA, SDPA {backend}", {"eager": lookup(results, "sdpa_backends", "960", backend)}))
@@ -840,6 +873,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="the tiny test model and small sizes (CPU smoke run)")
     parser.add_argument("--model", help="folder of our shipped small model (skipped when absent)")
+    parser.add_argument("--models", help="comma-separated models to run (default: all of them)")
     parser.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all but compile)")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile section")
     parser.add_argument("--compile-backend", default="inductor")
@@ -868,6 +902,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if chosen - set(SECTIONS):
         parser.error(f"unknown sections {sorted(chosen - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
     args.sections = [s for s in SECTIONS if s in chosen]
+    if args.models:
+        args.models = [m.strip() for m in args.models.split(",")]
+        known = {"tiny_random", "small_model"} if args.tiny else {"sd21_arch_random", "small_model"}
+        if set(args.models) - known:
+            parser.error(f"unknown models {sorted(set(args.models) - known)}; choose from {', '.join(sorted(known))}")
     if args.warmup < 1 or args.repeats < 1 or args.pipeline_repeats < 1:
         parser.error("--warmup, --repeats and --pipeline-repeats must be at least 1")
     return args
@@ -941,6 +980,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report.save()
 
     for name, (build, note) in model_builders(args, runtime).items():
+        if args.models and name not in args.models:
+            continue
         if build is None:
             report.data["models"][name] = {"skipped": note}
             report.save()

@@ -395,6 +395,8 @@ def run_separate(args: argparse.Namespace) -> int:
     if todo:
         pipe = load_pipeline(model, device, DTYPES[args.dtype], args.quiet)
         _check_options(args, pipe)
+        if args.compile:
+            pipe.unet.compile(dynamic=False)  # one compiled graph per latent shape, as the CUDA graphs are
         call_kwargs = {
             "num_inference_steps": args.steps,
             "processing_resolution": args.resolution,
@@ -554,6 +556,12 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "--no-cuda-graphs",
         action="store_true",
         help="run every UNet call eagerly (on CUDA the denoising loop is replayed from CUDA graphs by default)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet: the first image of each size pays a one-time warm-up (torch keeps the compiled "
+        "kernels in its on-disk cache, so later runs warm up faster), then every step is faster; see the README",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")
     parser.add_argument(

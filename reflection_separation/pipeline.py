@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .attention import set_cross_layer_attention
+from .attention import set_cross_layer_attention, uses_cross_layer_attention
 from .composition import GUIDANCE_MODES, LatentCompositionGuidance, LatentCompositionNet
 from .cuda_graphs import CUDAGraphed
 from .image_processing import PipelineImageInput, ReflectionImageProcessor
@@ -416,6 +416,13 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             tile_overlap,
         )
         self.image_processor.check_size(tensors, config.min_input_size, max_input_size)
+        if config.cross_layer_attention and not uses_cross_layer_attention(self.unet):
+            raise ValueError(
+                "The UNet's self-attention no longer runs cross-layer self-attention (CLSA): its processors were "
+                "replaced (for example by `unet.fuse_qkv_projections()` or `unet.set_attn_processor(...)`), so the "
+                "two layers would be denoised without seeing each other. Reinstall it with "
+                "`reflection_separation.set_cross_layer_attention(pipe.unet)` (fused projections are supported)."
+            )
         device = self._execution_device
         if isinstance(generator, torch.Generator) or isinstance(generator, list):
             gen_device = (generator[0] if isinstance(generator, list) else generator).device

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 
+from reflection_separation import ReflectionSeparationPipelineOutput
 from reflection_separation.components import build_pipeline
 
 from .conftest import load_script
@@ -118,3 +119,12 @@ def test_targets_read_the_best_measured_form(bench):
     evaluated = {t["target"]: (t["measured"], t["met"]) for t in bench.evaluate_targets(results)}
     assert list(evaluated.values()) == [(1.2, True), (6.0, False), (0.9, True), (2.9, False), (7.0, True),
                                         (None, None)]
+
+
+def test_output_difference_covers_both_layers(bench):
+    zeros = torch.zeros(1, 3, 4, 4)
+    first = ReflectionSeparationPipelineOutput(transmission=zeros, reflection=zeros)
+    shifted = zeros.clone().index_fill_(3, torch.tensor([1]), 0.25)
+    second = ReflectionSeparationPipelineOutput(transmission=zeros, reflection=shifted)
+    assert bench.output_difference(first, first) == 0.0
+    assert bench.output_difference(first, second) == 0.25

@@ -474,3 +474,24 @@ def test_tile_size_separates_large_images_in_tiles(model_dir, tmp_path, monkeypa
     assert run(model_dir, image, "-o", out, "--resolution", "0", "--tile-size", "32", "--no-cuda-graphs") == 0
     assert seen == [(32, False)]
     assert layer_sizes(out, "big") == ((90, 70), (90, 70))
+
+
+def test_compile_flag_compiles_the_unet_and_keeps_the_result(model_dir, tmp_path, monkeypatch):
+    from reflection_separation import ReflectionSeparationPipeline
+
+    compiled = []
+    original = ReflectionSeparationPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        compiled.append(self.unet._compiled_call_impl is not None)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ReflectionSeparationPipeline, "__call__", spy)
+    image = write_image(tmp_path / "photo.png", 40, 32)
+    assert run(model_dir, image, "-o", tmp_path / "eager") == 0
+    assert run(model_dir, image, "-o", tmp_path / "compiled", "--compile") == 0
+    assert compiled == [False, True]
+    for layer in ("transmission", "reflection"):
+        eager = np.asarray(Image.open(tmp_path / "eager" / f"photo_{layer}.png"), dtype=np.int16)
+        fast = np.asarray(Image.open(tmp_path / "compiled" / f"photo_{layer}.png"), dtype=np.int16)
+        assert np.abs(eager - fast).max() <= 1  # the same 8-bit image up to rounding

@@ -228,3 +228,17 @@ def test_full_guidance_checkpointing_gives_the_same_result(tiny_pipe, rng):
     np.testing.assert_allclose(checkpointed.transmission, plain.transmission, atol=1e-6)
     fast = tiny_pipe(image, generator=generator(0), **{**kwargs, "guidance_mode": "fast"})
     assert np.abs(fast.transmission - plain.transmission).max() > 1e-6
+
+
+def test_replaced_clsa_processors_are_refused_and_fused_projections_keep_the_result(tiny_pipe, rng):
+    image = random_image(rng)
+    reference = tiny_pipe(image, generator=generator(0), **FAST)
+    tiny_pipe.unet.fuse_qkv_projections()  # diffusers' call installs its own (plain) processor on every attention
+    with pytest.raises(ValueError, match="set_cross_layer_attention"):
+        tiny_pipe(image, generator=generator(0), **FAST)
+    set_cross_layer_attention(tiny_pipe.unet)  # CLSA back on attn1, reading the fused projection
+    fused_self_attention = [module for module in tiny_pipe.unet.modules() if hasattr(module, "to_qkv")]
+    assert fused_self_attention and all(module.fused_projections for module in fused_self_attention)
+    fused = tiny_pipe(image, generator=generator(0), **FAST)
+    np.testing.assert_allclose(fused.transmission, reference.transmission, atol=1e-5)
+    np.testing.assert_allclose(fused.reflection, reference.reflection, atol=1e-5)
