@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import datetime
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -515,8 +516,9 @@ def section_guidance_step(bench: ModelBench) -> dict[str, Any]:
 
     results: dict[str, Any] = {"resolution": resolution, "latent_size": size, "guidance_steps": 1,
                                "unet_weights_require_grad": any(p.requires_grad for p in bench.unet.parameters())}
-    # "full" as the pipeline runs it (`guided_model_output`): frozen UNet weights, activation checkpointing by
-    # default, and the step's own UNet forward reused for the first guidance gradient
+    # "full" as the pipeline runs it (`guided_model_output`): frozen UNet weights and the step's own UNet forward
+    # reused for the first guidance gradient; "full" with activation checkpointing (`guidance_checkpointing=True`),
+    # "full_without_checkpointing" without (the pipeline's default)
     variants = (("no_grad_step", "off", True), ("fast", "fast", True), ("full", "full", True),
                 ("full_without_checkpointing", "full", False))
     for name, mode, checkpointing in variants:
@@ -627,7 +629,10 @@ def measure_pipeline_call(bench: ModelBench, resolution: int, mode: str) -> dict
         graphed_call = bench.pipeline_call(resolution, mode, cuda_graphs=True)
         graphed = attempt(lambda: runtime.measure(graphed_call, flops, warmup=1, repeats=args.pipeline_repeats))
         if "median_ms" in graphed:
-            graphed["max_abs_diff_vs_eager"] = output_difference(eager_call(), graphed_call())
+            reference = eager_call()
+            graphed["max_abs_diff_vs_eager"] = output_difference(reference, graphed_call())
+            if graphed["max_abs_diff_vs_eager"] > 0:  # how far two eager calls with the same seed are apart
+                graphed["max_abs_diff_eager_vs_eager"] = output_difference(reference, eager_call())
         bench.pipe.release_cuda_graphs()
     else:
         graphed = dict(NEEDS_CUDA)
@@ -675,6 +680,45 @@ def section_tiled(bench: ModelBench) -> dict[str, Any]:
     else:
         results["cuda_graph_unet"] = dict(NEEDS_CUDA)
     return results
+
+
+def measure_peers(runtime: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    """A test-time forward of each peer network (random weights) at the largest resolution, in fp32 (their
+    precision) and under bf16 autocast: time, FLOPs, floor, peak memory. Their code comes from ``--peers``."""
+    peers_module = load_sibling("peers")
+    resolution = max(args.resolutions)
+    image = torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(4)).to(runtime.device)
+    results: dict[str, Any] = {"resolution": resolution, "source": str(args.peers)}
+    for name in peers_module.REPOS:
+        entry: dict[str, Any] = {}
+        try:
+            model, forward = peers_module.build(name, args.peers)
+        except Exception as error:
+            traceback.print_exc()
+            results[name] = {"error": describe(error)}
+            continue
+        model.to(runtime.device)
+        entry["parameters_millions"] = sum(p.numel() for p in model.parameters()) / 1e6
+        for precision, autocast in (("fp32", False), ("bf16_autocast", True)):
+            def call() -> Any:
+                with torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=autocast):
+                    return forward(image)
+
+            flops = attempt(lambda: {"flops": count_flops(call)[0]}).get("flops")
+            entry[precision] = attempt(lambda: runtime.measure(call, flops, repeats=max(1, runtime.repeats // 2)))
+            log(f"  peer {name} {precision}: {entry[precision].get('median_ms')} ms")
+        results[name] = entry
+        del model, forward
+        clear_memory()
+    return results
+
+
+def load_sibling(name: str) -> Any:
+    """A module from this folder (``benchmarks/``), which is not a package."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 SECTION_FUNCTIONS: dict[str, Callable[[ModelBench], dict[str, Any]]] = {
@@ -731,11 +775,12 @@ TARGETS: list[tuple[str, float, Callable[[dict[str, Any]], float | None]]] = [
      lambda r: best_of(r, step_paths("960"), "x_floor")),
     ("dual-branch UNet+CLSA step at 512, ms", 5.0, lambda r: best_of(r, step_paths("512"), "median_ms")),
     ("full method (guidance fast, disjoint, FGFM), 50 steps at 960, s", 1.0, pipeline_seconds),
+    # both read the pipeline's default form of the full step (no checkpointing), one measurement for both
     ("full-gradient guidance step / no-grad step at 960", 2.5,
-     lambda r: best_of(r, [("guidance_step", v) for v in ("full", "full_without_checkpointing")], "x_no_grad")
+     lambda r: lookup(r, "guidance_step", "full_without_checkpointing", "x_no_grad")
      if lookup(r, "guidance_step", "resolution") == 960 else None),
     ("full-gradient guidance step at 960, peak GiB", 8.0,
-     lambda r: best_of(r, [("guidance_step", v) for v in ("full", "full_without_checkpointing")], "peak_gib")
+     lambda r: lookup(r, "guidance_step", "full_without_checkpointing", "peak_gib")
      if lookup(r, "guidance_step", "resolution") == 960 else None),
     ("2048x2048 tiled call, peak GiB", 16.0,
      lambda r: best_of(r, [("tiled", "eager"), ("tiled", "cuda_graph_unet")], "peak_gib")
@@ -776,6 +821,16 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any] | No
             steps = lookup(results, "pipeline", "steps")
             rows.append((f"pipeline {resolution}, {steps} steps, guidance {mode}", lookup(results, "pipeline", resolution, mode)))
     rows.append((f"tiled {lookup(results, 'tiled', 'image_size')}", lookup(results, "tiled")))
+    compiled = results.get("compile") or {}
+    for resolution in ("512", "960"):  # the compiled forms beside the eager step of the unet_step section
+        if isinstance(compiled.get(resolution), dict):
+            rows.append((f"UNet step {resolution}, CLSA, torch.compile",
+                         {"eager": lookup(results, "unet_step", resolution, "clsa", "eager"), **compiled[resolution]}))
+    pipeline = compiled.get("pipeline") or {}
+    if pipeline and pipeline.get("steps") == lookup(results, "pipeline", "steps"):
+        resolution, mode = str(pipeline["resolution"]), pipeline["guidance_mode"]
+        rows.append((f"pipeline {resolution}, {pipeline['steps']} steps, guidance {mode}, torch.compile",
+                     {"eager": lookup(results, "pipeline", resolution, mode, "eager"), **pipeline}))
     summarized = []
     for label, forms in rows:
         if not isinstance(forms, dict) or not isinstance(forms.get("eager"), dict) or "median_ms" not in forms["eager"]:
@@ -787,13 +842,56 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any] | No
     return summarized
 
 
+def merge_reports(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One report from several runs (``{source name: report}``, oldest first): per model, each section comes from
+    the latest run that has it without an error, and keeps the floors of its own run's matmul rate; ``sources``
+    says which run every section (and the peers) came from. Targets are evaluated on the merged sections."""
+    names = list(reports)
+    latest = reports[names[-1]]
+    merged: dict[str, Any] = {
+        "description": latest["description"] + "; merged from several runs (see `sources`)",
+        "status": "merged",
+        "environment": latest["environment"],
+        "settings": latest["settings"],
+        "matmul": latest["matmul"],
+        "runs": {name: {"created": r.get("created"), "status": r.get("status"), "matmul_tflops": r["matmul"]["tflops"],
+                        "environment": r["environment"], "settings": r["settings"]} for name, r in reports.items()},
+        "sources": {},
+        "models": {},
+    }
+    for name, report in reports.items():
+        if "peers" in report:
+            merged["peers"], merged["sources"]["peers"] = report["peers"], name
+        for model, results in report["models"].items():
+            if "skipped" in results:
+                merged["models"].setdefault(model, dict(results))
+                continue
+            target = merged["models"].get(model)
+            if target is None or "skipped" in target:
+                target = merged["models"][model] = {}
+            for section, value in results.items():
+                if section == "targets" or (isinstance(value, dict) and "error" in value):
+                    continue
+                target[section] = value
+                merged["sources"].setdefault(model, {})[section] = name
+    for results in merged["models"].values():
+        if "skipped" not in results:
+            results["targets"] = evaluate_targets(results)
+    return merged
+
+
 def markdown_summary(report: dict[str, Any]) -> str:
-    """The README's tables from a result JSON (complete or cut short): timings, floors, targets, kernel shares."""
+    """The README's tables from a result JSON (complete, cut short or merged): timings, floors, targets, kernels."""
     environment_ = report["environment"]
-    cut_short = "" if report["status"] == "complete" else "; cut short: the sections missing below did not run"
+    if report["status"] == "merged":
+        rates = [run["matmul_tflops"] for run in report["runs"].values()]
+        rate = (f"merged from {len(rates)} runs, each figure against the bf16 matmul rate measured in its own run "
+                f"({min(rates):.0f}-{max(rates):.0f} TFLOP/s)")
+    else:
+        cut_short = "" if report["status"] == "complete" else "; cut short: the sections missing below did not run"
+        rate = f"bf16 matmul rate {report['matmul']['tflops']:.0f} TFLOP/s measured in the same run{cut_short}"
     lines = [f"{environment_.get('gpu', environment_['device'])}, torch {environment_['torch']}, diffusers "
-             f"{environment_['diffusers']}, {report['settings']['dtype']}; bf16 matmul rate "
-             f"{report['matmul']['tflops']:.0f} TFLOP/s measured in the same run{cut_short}."]
+             f"{environment_['diffusers']}, {report['settings']['dtype']}; {rate}."]
     number = lambda value, digits=1: "-" if value is None else f"{value:.{digits}f}"  # noqa: E731
     for name, results in report["models"].items():
         if "skipped" in results:
@@ -815,6 +913,18 @@ def markdown_summary(report: dict[str, Any]) -> str:
         for target in results.get("targets") or evaluate_targets(results):
             met = {True: "yes", False: "no", None: "not measured"}[target["met"]]
             lines.append(f"| {target['target']} | {target['limit']} | {number(target['measured'], 2)} | {met} |")
+    peers = report.get("peers") or {}
+    measured_peers = [(name, entry) for name, entry in peers.items() if isinstance(entry, dict) and "fp32" in entry]
+    if measured_peers:
+        lines += ["", f"**Peers**, one forward at {peers['resolution']} x {peers['resolution']} (random weights; floors "
+                  "at the bf16 matmul rate)", "",
+                  "| Network | parameters (M) | fp32 ms | bf16 autocast ms | bf16 / floor | peak GiB (fp32) |",
+                  "|---|---|---|---|---|---|"]
+        for name, entry in measured_peers:
+            fp32, bf16 = entry["fp32"], entry.get("bf16_autocast", {})
+            lines.append(f"| {name} | {entry['parameters_millions']:.0f} | {number(fp32.get('median_ms'))} | "
+                         f"{number(bf16.get('median_ms'))} | {number(bf16.get('x_floor'), 2)} | "
+                         f"{number(fp32.get('peak_gib'), 2)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -874,6 +984,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="the tiny test model and small sizes (CPU smoke run)")
     parser.add_argument("--model", help="folder of our shipped small model (skipped when absent)")
     parser.add_argument("--models", help="comma-separated models to run (default: all of them)")
+    parser.add_argument("--peers", type=Path, metavar="DIR", help="folder with clones of the peers' code (RDNet/, "
+                        "DSIT/; see benchmarks/peers.py): adds a forward of each at the largest resolution")
     parser.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all but compile)")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile section")
     parser.add_argument("--compile-backend", default="inductor")
@@ -893,7 +1005,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="JSON path (default benchmarks/results/<gpu>_<date>.json)")
     parser.add_argument("--summarize", type=Path, metavar="JSON", help="print the Markdown tables of a result "
                         "JSON (the README's) and exit")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="OUTPUT then result JSONs, oldest "
+                        "first: write one report with each section from the latest run that has it, and exit")
     args = parser.parse_args(argv)
+    if args.merge is not None and len(args.merge) < 2:
+        parser.error("--merge needs an OUTPUT and at least one result JSON")
     for key, value in PROFILES["tiny" if args.tiny else "full"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -945,6 +1061,12 @@ def model_builders(args: argparse.Namespace, runtime: Runtime) -> dict[str, Mode
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.merge is not None:
+        output, *inputs = args.merge
+        report = merge_reports({path.stem: json.loads(path.read_text()) for path in inputs})
+        output.write_text(json.dumps(report, indent=2, default=str))
+        log(f"merged {len(inputs)} runs into {output}")
+        return report
     if args.summarize is not None:
         report = json.loads(args.summarize.read_text())
         print(markdown_summary(report), end="")
@@ -978,6 +1100,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runtime.matmul_flops_per_s = report.data["matmul"]["tflops"] * 1e12
     log(f"matmul {args.matmul_size}^3 {args.dtype}: {report.data['matmul']['tflops']:.1f} TFLOP/s")
     report.save()
+    if args.peers is not None:
+        log("peers")
+        with torch.no_grad():
+            report.data["peers"] = measure_peers(runtime, args)
+        report.save()
 
     for name, (build, note) in model_builders(args, runtime).items():
         if args.models and name not in args.models:

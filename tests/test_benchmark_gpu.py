@@ -128,3 +128,29 @@ def test_output_difference_covers_both_layers(bench):
     second = ReflectionSeparationPipelineOutput(transmission=zeros, reflection=shifted)
     assert bench.output_difference(first, first) == 0.0
     assert bench.output_difference(first, second) == 0.25
+
+
+def test_merge_takes_each_section_from_the_latest_run_without_an_error(bench, tmp_path, capsys):
+    def report(tflops: float, sections: dict[str, Any], peers: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = {"description": "d", "status": "complete", "environment": {"device": "cuda", "torch": "2.x",
+                "diffusers": "0.x"}, "settings": {"dtype": "bf16"}, "matmul": {"tflops": tflops},
+                "models": {"sd21_arch_random": sections, "small_model": {"skipped": "no --model folder given"}}}
+        return data if peers is None else {**data, "peers": peers}
+
+    step = {"960": {"clsa": {"eager": {"median_ms": 30.0, "x_floor": 2.0}}}}
+    newer_step = {"960": {"clsa": {"eager": {"median_ms": 25.0, "x_floor": 1.6}}}}
+    paths = []
+    for name, data in (("old", report(700.0, {"unet_step": step, "tiled": {"image_size": 2048}})),
+                       ("new", report(780.0, {"unet_step": newer_step, "tiled": {"error": "OOM"}}, {"resolution": 960}))):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(data))
+    merged = bench.main(["--merge", str(tmp_path / "merged.json"), *map(str, paths)])
+    assert merged["sources"] == {"sd21_arch_random": {"unet_step": "new", "tiled": "old"}, "peers": "new"}
+    assert merged["models"]["sd21_arch_random"]["unet_step"] == newer_step
+    assert merged["models"]["sd21_arch_random"]["tiled"] == {"image_size": 2048}  # the failed newer one is dropped
+    assert merged["models"]["sd21_arch_random"]["targets"][0]["measured"] == 1.6
+    assert merged["models"]["small_model"] == {"skipped": "no --model folder given"}
+    assert json.loads((tmp_path / "merged.json").read_text()) == json.loads(json.dumps(merged))
+    bench.main(["--summarize", str(tmp_path / "merged.json")])
+    printed = capsys.readouterr().out
+    assert "merged from 2 runs" in printed and "(700-780 TFLOP/s)" in printed
