@@ -20,6 +20,7 @@ Per model, the sections (in this order; `--only` picks some, `--compile` adds `c
   pipeline       full calls (random image, 50 steps) at each resolution with guidance off / fast / full,
                  eager and with the pipeline's no-grad UNet calls replayed from CUDA graphs
   tiled          a 2048 x 2048 call with `tile_size=960`: time and peak memory
+  offload        a "fast" call at the largest resolution resident on the GPU and with `enable_model_cpu_offload`
   compile        torch.compile of the UNet: first-call (warm-up) seconds per shape, the CLSA step compiled and
                  compiled in a CUDA graph, and a "fast" pipeline call at the largest resolution with it
 Before them the bf16 matmul rate (8192^3) is measured; every figure with a FLOP count (FlopCounterMode: matmuls,
@@ -75,7 +76,8 @@ from reflection_separation.vae import FGFMAutoencoderKL
 GIB = 1024**3
 NEEDS_CUDA = {"skipped": "needs CUDA"}
 # Per-model sections in run order; `compile` is last because it compiles the UNet in place while it runs.
-SECTIONS = ("unet_step", "sdpa_backends", "guidance_step", "vae_decode", "profile", "pipeline", "tiled", "compile")
+SECTIONS = ("unet_step", "sdpa_backends", "guidance_step", "vae_decode", "profile", "pipeline", "tiled", "offload",
+            "compile")
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "compile")
 GUIDANCE_MODES = ("off", "fast", "full")
 SDPA_BACKENDS = {
@@ -386,7 +388,7 @@ class ModelBench:
         finally:
             graphed.release()
 
-    def pipeline_call(self, resolution: int, mode: str, cuda_graphs: bool = False) -> Callable[[], Any]:
+    def pipeline_call(self, resolution: int, mode: str, cuda_graphs: bool | None = False) -> Callable[[], Any]:
         image = torch.rand(3, resolution, resolution, generator=torch.Generator().manual_seed(resolution))
 
         def call() -> Any:
@@ -682,6 +684,28 @@ def section_tiled(bench: ModelBench) -> dict[str, Any]:
     return results
 
 
+def section_offload(bench: ModelBench) -> dict[str, Any]:
+    """A "fast" call at the largest resolution with the pipeline on the GPU (CUDA graphs, the default) and with
+    diffusers' ``enable_model_cpu_offload`` (each component moved to the GPU when it runs; graphs off): time, peak
+    memory, and the largest difference between the two outputs."""
+    runtime, args, pipe = bench.runtime, bench.args, bench.pipe
+    resolution = max(args.resolutions)
+    call = bench.pipeline_call(resolution, "fast", cuda_graphs=None)
+    results: dict[str, Any] = {"resolution": resolution, "guidance_mode": "fast", "steps": args.steps,
+                               "resident": runtime.measure(call, warmup=1, repeats=args.pipeline_repeats)}
+    reference = call()
+    pipe.release_cuda_graphs()
+    pipe.enable_model_cpu_offload(device=runtime.device)
+    try:
+        offloaded = runtime.measure(call, warmup=1, repeats=args.pipeline_repeats)
+        offloaded["max_abs_diff_vs_resident"] = output_difference(reference, call())
+        results["model_cpu_offload"] = offloaded
+    finally:
+        pipe.remove_all_hooks()
+        pipe.to(runtime.device)
+    return results
+
+
 def measure_peers(runtime: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     """A test-time forward of each peer network (random weights) at the largest resolution, in fp32 (their
     precision) and under bf16 autocast: time, FLOPs, floor, peak memory. Their code comes from ``--peers``."""
@@ -729,6 +753,7 @@ SECTION_FUNCTIONS: dict[str, Callable[[ModelBench], dict[str, Any]]] = {
     "profile": section_profile,
     "pipeline": section_pipeline,
     "tiled": section_tiled,
+    "offload": section_offload,
     "compile": section_compile,
 }
 
@@ -821,6 +846,10 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any] | No
             steps = lookup(results, "pipeline", "steps")
             rows.append((f"pipeline {resolution}, {steps} steps, guidance {mode}", lookup(results, "pipeline", resolution, mode)))
     rows.append((f"tiled {lookup(results, 'tiled', 'image_size')}", lookup(results, "tiled")))
+    offload = results.get("offload") or {}
+    if "model_cpu_offload" in offload:
+        rows.append((f"pipeline {offload['resolution']}, {offload['steps']} steps, guidance fast, model CPU offload",
+                     {"eager": offload["model_cpu_offload"]}))
     compiled = results.get("compile") or {}
     for resolution in ("512", "960"):  # the compiled forms beside the eager step of the unet_step section
         if isinstance(compiled.get(resolution), dict):

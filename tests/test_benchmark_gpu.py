@@ -49,6 +49,7 @@ def test_tiny_cpu_run_writes_every_section(bench, tmp_path):
     assert guided["full"]["x_no_grad"] > 0
     assert model["vae_decode"]["fgfm"]["flops"] > model["vae_decode"]["plain"]["flops"]
     assert model["tiled"]["tiles"] > 1 and model["tiled"]["eager"]["median_ms"] > 0
+    assert model["offload"]["model_cpu_offload"]["max_abs_diff_vs_resident"] == 0.0
     assert model["compile"]["warmup_total_s"] > 0 and model["compile"]["pipeline"]["compiled"]["median_ms"] > 0
 
     # CUDA-only parts are marked, not silently missing

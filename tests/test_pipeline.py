@@ -242,3 +242,19 @@ def test_replaced_clsa_processors_are_refused_and_fused_projections_keep_the_res
     fused = tiny_pipe(image, generator=generator(0), **FAST)
     np.testing.assert_allclose(fused.transmission, reference.transmission, atol=1e-5)
     np.testing.assert_allclose(fused.reflection, reference.reflection, atol=1e-5)
+
+
+def test_model_cpu_offload_gives_the_same_result(tiny_pipe, rng):
+    # accelerate's offload hooks on every component (device="cpu" lets the hooks run here without a GPU)
+    torch.nn.init.normal_(tiny_pipe.composition_net.conv_out.weight, std=0.1)
+    image = random_image(rng)
+    kwargs = {**FAST, "guidance_mode": "full", "guidance_scale": 0.05}
+    reference = tiny_pipe(image, generator=generator(0), **kwargs)
+    tiny_pipe.enable_model_cpu_offload(device="cpu")
+    components = (tiny_pipe.unet, tiny_pipe.vae, tiny_pipe.text_encoder, tiny_pipe.composition_net)
+    assert all(hasattr(module, "_hf_hook") for module in components)
+    # C runs inside the loop, so its hook must not offload the UNet (on a GPU that moved the UNet every step)
+    assert tiny_pipe.composition_net._hf_hook.prev_module_hook is None
+    offloaded = tiny_pipe(image, generator=generator(0), **kwargs)
+    np.testing.assert_array_equal(offloaded.transmission, reference.transmission)
+    np.testing.assert_array_equal(offloaded.reflection, reference.reflection)

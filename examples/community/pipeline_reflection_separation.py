@@ -1286,7 +1286,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         transmission_prompt, reflection_prompt: the two fixed prompts.
     """
 
-    model_cpu_offload_seq = "text_encoder->vae->unet->composition_net"
+    # C runs between the UNet's calls at every guided step: in the chain, each of its calls would move the UNet off
+    # the GPU and the next step would move it back. Outside it, diffusers gives C its own hook (like a ControlNet's).
+    model_cpu_offload_seq = "text_encoder->vae->unet"
     _callback_tensor_inputs = ["latents", "mixture_latents", "prompt_embeds"]
 
     def __init__(
