@@ -11,6 +11,7 @@ from reflection_separation.attention import (
     split_layers,
     uses_cross_layer_attention,
 )
+from reflection_separation.components import ModelSizeConfig, build_pipeline
 
 
 def make_attention(dim: int = 16, heads: int = 2) -> Attention:
@@ -115,3 +116,18 @@ def test_installed_on_every_self_attention_only(tiny_pipe):
     set_cross_layer_attention(unet, False)
     assert not uses_cross_layer_attention(unet)
     assert not any(isinstance(p, CrossLayerAttnProcessor) for p in unet.attn_processors.values())
+
+
+@pytest.mark.parametrize("head_dim", [8, 16])
+def test_built_unets_have_heads_of_the_configured_width(head_dim):
+    config = ModelSizeConfig(unet_channels=(16, 32, 64), unet_attention_head_dim=head_dim,
+                             unet_down_blocks=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                             unet_up_blocks=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+    unet = build_pipeline(config).unet
+    widths = {(module.heads, module.inner_dim) for module in unet.modules() if isinstance(module, Attention)}
+    assert widths == {(32 // head_dim, 32), (64 // head_dim, 64)}  # the 16-channel level has no attention
+
+
+def test_head_width_must_divide_the_attention_blocks():
+    with pytest.raises(ValueError, match="does not divide"):
+        build_pipeline(ModelSizeConfig(unet_channels=(16, 24), unet_attention_head_dim=16))
