@@ -380,7 +380,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             tile_overlap: pixels shared by neighbouring tiles (default: a quarter of ``tile_size``).
             guidance_checkpointing: in ``"full"`` guidance, recompute the UNet's activations in the backward pass
                 instead of keeping them: less memory, one more forward per guidance step (SD 2.1 size at 960 px on an
-                H200: 3.5 instead of 7.2 GiB, 1.3x the time; ``benchmarks/results/``). Off by default.
+                H200: 3.2 instead of 6.9 GiB, 1.3-2x the time; ``benchmarks/results/``). Off by default.
             cuda_graphs: replay the denoising loop's UNet calls from CUDA graphs (captured on the first call of
                 each latent shape, kept for later calls); ``None`` (default) turns them on for CUDA devices without
                 CPU offload. ``False`` runs every call eagerly.
