@@ -323,8 +323,8 @@ class LatentCompositionGuidance:
 # Replaying the denoising loop's UNet calls from CUDA graphs.
 #
 # At 512 px a dual-branch step of the Stable Diffusion 2.1 UNet is bound by kernel launches, not arithmetic: on an
-# H200 in bf16 the CLSA step takes 32.0 ms eager and 12.2 ms replayed from a graph, and a 50-step call 2.65 s eager
-# and 0.73 s with its UNet calls graphed (``benchmarks/results/h200_benchmark.json``). One graph is captured per
+# H200 in bf16 the CLSA step takes 26.4 ms eager and 12.3 ms replayed from a graph, and a 50-step call 2.07 s eager
+# and 0.71 s with its UNet calls graphed (``benchmarks/results/h200_benchmark.json``). One graph is captured per
 # input shape on the first call with that shape and replayed afterwards; calls with gradients enabled (the "full"
 # guidance) run eagerly.
 
