@@ -12,9 +12,9 @@ Per model, the sections (in this order; `--only` picks some, `--compile` adds `c
                  self-attention and with CLSA (also channels-last, and with fused QKV projections), eager and
                  replayed from a CUDA graph
   sdpa_backends  the CLSA step under each SDPA backend (flash, cuDNN, memory-efficient)
-  guidance_step  one sampling step at the largest resolution: no guidance, "fast", "full" as the pipeline runs it
-                 (frozen UNet weights, activation checkpointing) and "full" without checkpointing: time, peak
-                 memory, ratio to the no-grad step
+  guidance_step  one sampling step at the largest resolution: no guidance, "fast", "full" with activation
+                 checkpointing and "full" without (the pipeline's default), both with frozen UNet weights and the
+                 step's forward reused for the first gradient: time, peak memory, ratio to the no-grad step
   vae_decode     decoding 2 latents at the largest resolution with FGFM features and plain
   profile        the largest CLSA step by kind of CUDA kernel (attention, convolution, linear, rest)
   pipeline       full calls (random image, 50 steps) at each resolution with guidance off / fast / full,
@@ -23,16 +23,18 @@ Per model, the sections (in this order; `--only` picks some, `--compile` adds `c
   offload        a "fast" call at the largest resolution resident on the GPU and with `enable_model_cpu_offload`
   compile        torch.compile of the UNet: first-call (warm-up) seconds per shape, the CLSA step compiled and
                  compiled in a CUDA graph, and a "fast" pipeline call at the largest resolution with it
-Before them the bf16 matmul rate (8192^3) is measured; every figure with a FLOP count (FlopCounterMode: matmuls,
+With `--peers DIR`, a forward of RDNet and DSIT (random weights) runs first (`benchmarks/peers.py`).
+Before everything the bf16 matmul rate (8192^3) is measured; every figure with a FLOP count (FlopCounterMode: matmuls,
 convolutions and attention, not elementwise work) also gets `floor_ms = flops / matmul rate` and
 `x_floor = median_ms / floor_ms`. Timings are CUDA-event medians after warm-ups; memory is
 `torch.cuda.max_memory_allocated` from a reset before the warm-ups (weights included; `peak_above_start_gib`
 excludes what was allocated before). The JSON is rewritten after every section, so a timeout keeps the results.
 
-    # on an H200: the default sections for both models (~4-5 min), then torch.compile alone (~3-5 min)
-    python benchmarks/benchmark_gpu.py --model runs/small_model/pipeline
-    python benchmarks/benchmark_gpu.py --model runs/small_model/pipeline --only compile \
-        --output benchmarks/results/h200_compile.json
+    # on an H200, in parts of < 10 min (the README lists the parts of the committed run), then one report
+    python benchmarks/benchmark_gpu.py --models sd21_arch_random --only unet_step,guidance_step,tiled
+    python benchmarks/benchmark_gpu.py --models small_model --model reflection_separation/default_model
+    python benchmarks/benchmark_gpu.py --models sd21_arch_random --only compile      # ~3 min with a cold cache
+    python benchmarks/benchmark_gpu.py --merge benchmarks/results/h200_benchmark.json RUN1.json RUN2.json ...
     # smoke run of every code path on CPU (CUDA-only parts are marked "skipped: needs CUDA")
     python benchmarks/benchmark_gpu.py --device cpu --tiny --compile --compile-backend eager
 """
