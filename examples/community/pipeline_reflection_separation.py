@@ -867,11 +867,11 @@ def to_sample(
 ) -> torch.Tensor:
     """The clean-latent estimate a model output of ``prediction_type`` implies, computed directly so that v- and
     sample-prediction stay finite at ``a_t = 0`` (where going through epsilon would divide by zero)."""
-    a = alpha_prod.sqrt().to(model_output.dtype)
-    s = (1 - alpha_prod).sqrt().to(model_output.dtype)
     if prediction_type == "epsilon":
-        return (model_input - s * model_output) / a
+        return tweedie_x0(model_input, model_output, alpha_prod)
     if prediction_type == "v_prediction":
+        a = alpha_prod.sqrt().to(model_output.dtype)
+        s = (1 - alpha_prod).sqrt().to(model_output.dtype)
         return a * model_input - s * model_output
     if prediction_type == "sample":
         return model_output
