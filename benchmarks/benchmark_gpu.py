@@ -61,7 +61,7 @@ import diffusers
 import torch
 import transformers
 from diffusers import UNet2DConditionModel
-from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
+from diffusers.models.attention_processor import Attention
 from torch.autograd import DeviceType
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
@@ -257,21 +257,22 @@ def channels_last(unet: UNet2DConditionModel, enabled: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def fused_qkv(unet: UNet2DConditionModel, enabled: bool) -> Iterator[None]:
-    """Fused projections for the duration (when ``enabled``): one ``to_qkv`` matmul per self-attention (CLSA reads
-    it) and one ``to_kv`` per cross-attention (diffusers' fused processor). Unfused and processors restored after."""
+    """Fused projections for the duration (when ``enabled``), set up as the README tells users to:
+    ``unet.fuse_qkv_projections()`` (one ``to_qkv`` matmul per self-attention, one ``to_kv`` per cross-attention,
+    diffusers' fused processor everywhere), then CLSA reinstalled on the self-attention, reading ``to_qkv``.
+    Afterwards the fused layers are removed (diffusers' unfuse keeps them) and the processors restored."""
     if not enabled:
         yield
         return
     processors = unet.attn_processors
-    attentions = [module for module in unet.modules() if isinstance(module, Attention)]
-    for module in attentions:
-        module.fuse_projections()
-    unet.set_attn_processor({name: processor if name.endswith("attn1.processor") else FusedAttnProcessor2_0()
-                             for name, processor in processors.items()})
+    clsa = uses_cross_layer_attention(unet)
+    unet.fuse_qkv_projections()
+    if clsa:
+        set_cross_layer_attention(unet)
     try:
         yield
     finally:
-        for module in attentions:
+        for module in (module for module in unet.modules() if isinstance(module, Attention)):
             module.fused_projections = False
             for name in ("to_qkv", "to_kv"):
                 if hasattr(module, name):

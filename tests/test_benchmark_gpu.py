@@ -155,3 +155,22 @@ def test_merge_takes_each_section_from_the_latest_run_without_an_error(bench, tm
     bench.main(["--summarize", str(tmp_path / "merged.json")])
     printed = capsys.readouterr().out
     assert "merged from 2 runs" in printed and "(700-780 TFLOP/s)" in printed
+
+
+def test_fused_qkv_variant_keeps_clsa_and_the_result_and_restores_the_unet(bench):
+    from reflection_separation.attention import uses_cross_layer_attention
+
+    unet = build_pipeline(seed=0).unet
+    sample, timestep = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor(10)
+    prompts = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(1))
+    forward = lambda: unet(sample, timestep, encoder_hidden_states=prompts).sample  # noqa: E731
+    with torch.no_grad():
+        reference = forward()
+        with bench.fused_qkv(unet, True):
+            assert uses_cross_layer_attention(unet)
+            assert any(hasattr(module, "to_qkv") for module in unet.modules())
+            fused = forward()
+        assert not any(hasattr(module, "to_qkv") or hasattr(module, "to_kv") for module in unet.modules())
+        assert uses_cross_layer_attention(unet)
+        torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(forward(), reference, atol=0, rtol=0)
