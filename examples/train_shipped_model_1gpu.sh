@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# How the shipped model (session 3: v-prediction on a zero-terminal-SNR schedule), its ablation baseline and
-# the control were retrained on one H200, in two parts of under 10 minutes each (part 2 needs part 1's outputs).
+# How the shipped model (v-prediction on a zero-terminal-SNR schedule; session 3, rerun in session 5 with 32-wide
+# attention heads), its ablation baseline and the control were retrained on one H200, in two parts of under
+# 10 minutes each (part 2 needs part 1's outputs).
 # The autoencoder was not retrained: the VAE stage does not depend on the noise schedule, so part 1 starts from
 # the base weights of the shipped VAE (trained by `train_shipped_model_4gpu.sh part1` with this same config;
 # FGFM is re-initialized and retrained). The small UNets are bound by per-step overhead, so two of them share
