@@ -629,9 +629,17 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
     def encode_mixture(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Mixture in [-1, 1] -> UNet-space latent ``z_I`` (posterior mode, scaled) and its FGFM features."""
         latents, features = self.vae.encode_with_features(pixels.to(self.vae.dtype))
+        return self._to_unet_space(latents), features
+
+    def encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> UNet-space latents, like ``encode_mixture`` without the FGFM features: one plain
+        VAE encode (no feature hooks), which ``torch.compile`` traces once (the training stack uses it)."""
+        return self._to_unet_space(self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode())
+
+    def _to_unet_space(self, latents: torch.Tensor) -> torch.Tensor:
         if self.vae.config.shift_factor is not None:
             latents = latents - self.vae.config.shift_factor
-        return (latents * self.vae.config.scaling_factor).to(self.unet.dtype), features
+        return (latents * self.vae.config.scaling_factor).to(self.unet.dtype)
 
     @contextmanager
     def _guided_unet(self, active: bool, checkpointing: bool) -> Iterator[None]:

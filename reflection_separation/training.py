@@ -57,11 +57,13 @@ from tqdm.auto import tqdm
 from .attention import set_cross_layer_attention
 from .components import ModelSizeConfig, build_pipeline
 from .composition import composition_loss
-from .data import SyntheticReflectionDataset, list_images
+from .data import BatchedSynthesis, ReflectionSynthesizer, SyntheticReflectionDataset, list_images
 from .pipeline import ReflectionSeparationPipeline
 from .vae import FGFM_PREFIX, FGFMAutoencoderKL
 
 STAGES = ("vae", "unet", "composition", "fgfm", "control")
+FINISHED = "finished.json"  # written into a stage's folder once its pipeline (or control) is saved
+EXIT_TIME_LIMIT = 75  # exit status when --time-limit-minutes stopped a run: rerun the same command to continue
 
 
 @dataclass
@@ -70,7 +72,9 @@ class StageConfig:
 
     ``batch_size`` is the global batch of one micro-step, summed over all processes: the same config trains
     the same way on one GPU or several. ``channels_last`` stores the pipeline's convolutional models in NHWC,
-    which cuDNN often runs faster.
+    which cuDNN often runs faster. ``compile`` runs the trained network and the VAE encoder through
+    ``torch.compile`` (``None``: on CUDA); if compiling or the first compiled step fails, the stage falls back to
+    eager mode and says so in its log.
     """
 
     steps: int = 1000
@@ -90,6 +94,7 @@ class StageConfig:
     num_workers: int = 0
     mixed_precision: str | None = None
     channels_last: bool = False
+    compile: bool | None = None
 
 
 @dataclass
@@ -100,7 +105,10 @@ class TrainingConfig:
     ``{"stable_diffusion": "<hub id or folder>"}`` or ``{"pipeline": "<our pipeline folder>"}``.
     ``cross_layer_attention`` overrides the pipeline's setting (False trains the paper's baseline UNet) and
     ``reset_unet`` re-initializes the UNet of the starting model (e.g. to retrain it beside a trained VAE).
-    ``control_channels`` sizes the control regressor's U-Net.
+    ``control_channels`` sizes the control regressor's U-Net. ``synthesis`` configures the mixing recipes
+    (``ReflectionSynthesizer.from_dict``; empty: the additive recipe alone). ``batched_synthesis`` makes each batch
+    on the training device from photos decoded once (``BatchedSynthesis``) instead of in DataLoader workers
+    (``None``: on CUDA); both give the same samples.
     """
 
     output_dir: str
@@ -120,6 +128,8 @@ class TrainingConfig:
     reset_unet: bool = False
     control_channels: tuple[int, ...] = (32, 64, 128, 256)
     push_to_hub: str | None = None
+    synthesis: dict[str, Any] = field(default_factory=dict)
+    batched_synthesis: bool | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainingConfig":
@@ -198,7 +208,7 @@ def per_sample_randn(shape: tuple[int, ...], generators: list[torch.Generator], 
     """
     per = shape[0] // len(generators)
     draws = torch.stack([torch.randn((per, *shape[1:]), generator=g) for g in generators], dim=1)
-    return draws.reshape(shape).to(like)
+    return draws.reshape(shape).to(like, non_blocking=True)  # a fresh CPU tensor: no need to wait for the GPU
 
 
 # ---------------------------------------------------------------------------- objectives
@@ -217,11 +227,15 @@ class Objective(nn.Module):
         trainable.requires_grad_(True)
         self.trainable = trainable
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] -> scaled posterior-mode latents, without gradient."""
+    def encode(self, *images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Batches of images in [0, 1] -> their scaled posterior-mode latents, in one VAE call, without gradient."""
         with torch.no_grad():
-            latents, _ = self.pipe.encode_mixture(_to_model_range(images))
-        return latents
+            latents = self.pipe.encode_latents(_to_model_range(torch.cat(images)))
+        return latents.chunk(len(images))
+
+    def compiled_modules(self) -> list[nn.Module]:
+        """What ``torch.compile`` speeds up in this stage: the VAE encoder and the trained network's forward."""
+        return [self.pipe.vae.encoder]
 
     def finalize(self, accelerator: Accelerator, batch: dict[str, torch.Tensor]) -> None:
         """Hook run once after training, before the pipeline is saved, with the validation batch."""
@@ -245,7 +259,7 @@ class VAEObjective(Objective):
         vae = self.pipe.vae
         with torch.no_grad():
             vae.register_to_config(scaling_factor=1.0)
-            latents = self.encode(batch["mixture"].to(vae.device))
+            (latents,) = self.encode(batch["mixture"].to(vae.device))
             scale = 1.0 / latents.float().std().item()
         vae.register_to_config(scaling_factor=scale)
         accelerator.print(f"latent scaling_factor set to {scale:.5f}")
@@ -257,13 +271,16 @@ class UNetObjective(Objective):
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.register_buffer("prompt_pair", pipe.encode_layer_prompts(pipe.unet.device).detach(), persistent=False)
 
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.pipe.vae.encoder, self.trainable]
+
     def forward(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
-        mixture = self.encode(batch["mixture"])
-        clean = torch.cat([self.encode(batch["transmission"]), self.encode(batch["reflection"])])
+        mixture, transmission, reflection = self.encode(batch["mixture"], batch["transmission"], batch["reflection"])
+        clean = torch.cat([transmission, reflection])
         size = mixture.shape[0]
         num_train = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.cat([torch.randint(0, num_train, (1,), generator=g) for g in generators])
-        timesteps = timesteps.repeat(2).to(clean.device)
+        timesteps = timesteps.repeat(2).to(clean.device, non_blocking=True)
         noise = per_sample_randn(tuple(clean.shape), generators, clean)
         noisy = self.noise_scheduler.add_noise(clean, noise, timesteps)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
@@ -280,8 +297,11 @@ class CompositionObjective(Objective):
     def __init__(self, pipe: ReflectionSeparationPipeline) -> None:
         super().__init__(pipe, pipe.composition_net)
 
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.pipe.vae.encoder, self.trainable]
+
     def forward(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
-        latents = [self.encode(batch[key]) for key in ("transmission", "reflection", "mixture")]
+        latents = self.encode(batch["transmission"], batch["reflection"], batch["mixture"])
         return composition_loss(self.trainable, *latents).mean()
 
 
@@ -295,7 +315,7 @@ class FGFMObjective(Objective):
         with torch.no_grad():
             _, features = self.pipe.encode_mixture(_to_model_range(batch["mixture"]))
         layers = torch.cat([batch["transmission"], batch["reflection"]])
-        latents = self.encode(layers)
+        latents = torch.cat(self.encode(batch["transmission"], batch["reflection"]))
         levels = per_sample_randn((latents.shape[0], 1, 1, 1), generators, latents).abs() * self.latent_noise
         latents = latents + levels * per_sample_randn(tuple(latents.shape), generators, latents)
         decoded = vae.decode(latents / vae.config.scaling_factor, mixture_features=features, fgfm_strength=1.0).sample
@@ -329,6 +349,9 @@ def run_control_regressor(regressor: UNet2DModel, mixture: torch.Tensor) -> tupl
 class ControlObjective(Objective):
     def __init__(self, pipe: ReflectionSeparationPipeline, regressor: UNet2DModel) -> None:
         super().__init__(pipe, regressor)
+
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.trainable]
 
     def forward(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
         timestep = torch.zeros(batch["mixture"].shape[0], device=batch["mixture"].device)
@@ -419,7 +442,15 @@ class BatchSource:
     and noise on any number of GPUs and can resume from a checkpoint on a different number.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, process: int, num_processes: int) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        seed: int,
+        process: int,
+        num_processes: int,
+        maker: BatchedSynthesis | None = None,
+    ) -> None:
         if batch_size % num_processes:
             raise ValueError(
                 f"The global batch_size {batch_size} must be divisible by the number of processes ({num_processes}); "
@@ -430,6 +461,7 @@ class BatchSource:
         self.seed = seed
         self.process = process
         self.num_processes = num_processes
+        self.maker = maker
 
     def indices(self, step: int, micro: int) -> list[int]:
         generator = torch.Generator().manual_seed(_seed(self.seed, step, micro))
@@ -437,8 +469,20 @@ class BatchSource:
         return global_batch[self.process :: self.num_processes].tolist()
 
     def batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
-        items = [self.dataset[i] for i in self.indices(step, micro)]
+        """This process's share of micro-batch ``(step, micro)``: made on the maker's device when there is a maker
+        (anything with ``batch(indices)``, e.g. ``BatchedSynthesis``), else by stacking dataset items."""
+        indices = self.indices(step, micro)
+        if self.maker is not None:
+            return self.maker.batch(indices)
+        items = [self.dataset[i] for i in indices]
         return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+    def batches(self, first_step: int, last_step: int, accumulation: int, num_workers: int):
+        """The micro-batches of steps ``first_step..last_step - 1`` in order: from the maker directly, or
+        prefetched by DataLoader workers."""
+        if self.maker is not None:
+            return (self.batch(s, k) for s in range(first_step, last_step) for k in range(accumulation))
+        return iter(PrefetchingBatches(self, first_step, last_step, accumulation, num_workers))
 
     def generators(self, step: int, micro: int) -> list[torch.Generator]:
         """One generator per local sample, seeded by the sample's position in the global batch."""
@@ -449,7 +493,7 @@ class BatchSource:
 class PrefetchingBatches:
     """Loads the batches of the coming steps in DataLoader workers, in order."""
 
-    def __init__(self, source: BatchSource, first_step: int, last_step: int, accumulation: int, num_workers: int):
+    def __init__(self, source: "BatchSource", first_step: int, last_step: int, accumulation: int, num_workers: int):
         keys = [(s, k) for s in range(first_step, last_step) for k in range(accumulation)]
         self._loader = torch.utils.data.DataLoader(
             _KeyedBatches(source, keys), batch_size=None, num_workers=num_workers, prefetch_factor=4 if num_workers else None
@@ -552,12 +596,17 @@ def _psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
     return (10 * torch.log10(1 / mse)).mean().item()
 
 
-def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = None) -> Path:
+def train_stage(
+    config: TrainingConfig, stage: str, stop_after: int | None = None, time_limit_minutes: float | None = None
+) -> Path | None:
     """Train one stage (resuming from its latest checkpoint) and save the complete pipeline.
 
     ``stop_after`` ends the run right after that step's checkpoint without saving the pipeline, as a
-    crash would; rerunning resumes from the checkpoint.
+    crash would; rerunning resumes from the checkpoint. ``time_limit_minutes`` does the same at the first log step
+    after that much wall-clock time (all processes agree there), so that a long run can be split over commands of
+    limited length: it then returns None instead of the saved folder.
     """
+    started = time.perf_counter()
     settings = config.stages.get(stage, StageConfig())
     precision = settings.mixed_precision or config.mixed_precision
     if precision not in ("no", "bf16"):
@@ -565,6 +614,9 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
     accelerator = Accelerator()
     stage_dir = Path(config.output_dir) / stage
     checkpoint_dir = stage_dir / "checkpoints"
+    if (stage_dir / FINISHED).exists():  # a rerun of a longer command line goes on with the next stage
+        accelerator.print(f"{stage}: finished earlier ({stage_dir / FINISHED}); skipping")
+        return config.control_dir if stage == "control" else config.pipeline_dir
 
     pipe = load_pipeline(config)
     pipe.set_progress_bar_config(disable=True)
@@ -583,11 +635,18 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
     if settings.gradient_checkpointing and hasattr(objective.trainable, "enable_gradient_checkpointing"):
         objective.trainable.enable_gradient_checkpointing()
     parameters = [p for p in objective.trainable.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay,
+        fused=accelerator.device.type == "cuda",  # one kernel for all parameters
+    )
     lr_scheduler = get_scheduler(
         settings.lr_scheduler, optimizer, num_warmup_steps=settings.lr_warmup_steps, num_training_steps=settings.steps
     )
-    ema = EMAModel(parameters, decay=settings.ema_decay) if settings.ema_decay else None
+    ema = EMAModel(parameters, decay=settings.ema_decay, foreach=True) if settings.ema_decay else None
+    compiled = settings.compile if settings.compile is not None else accelerator.device.type == "cuda"
+    if compiled:
+        for module in objective.compiled_modules():
+            module.compile()
     model, optimizer = accelerator.prepare(objective, optimizer)
 
     if accelerator.is_main_process:  # writes the resized cache once; the others then find it complete
@@ -595,9 +654,14 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
     accelerator.wait_for_everyone()
     photos = prepare_photos(config)
     common = {"resolution": config.resolution, "seed": config.seed, "validation_fraction": config.validation_fraction}
+    common["synthesizer"] = ReflectionSynthesizer.from_dict(config.synthesis)
     train_set = SyntheticReflectionDataset(photos, num_samples=config.num_samples, split="train", **common)
     val_set = SyntheticReflectionDataset(photos, num_samples=config.validation_images, split="validation", **common)
-    source = BatchSource(train_set, settings.batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    batched = config.batched_synthesis if config.batched_synthesis is not None else accelerator.device.type == "cuda"
+    maker = BatchedSynthesis(train_set, accelerator.device) if batched else None
+    source = BatchSource(
+        train_set, settings.batch_size, config.seed, accelerator.process_index, accelerator.num_processes, maker
+    )
     val_batch = BatchSource(val_set, config.validation_images, config.seed, 0, 1).batch(0, 0)
 
     checkpoint, start = _latest_checkpoint(checkpoint_dir)
@@ -613,21 +677,43 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
 
     log_path = stage_dir / "log.jsonl"
     accumulation = settings.gradient_accumulation_steps
-    batches = iter(PrefetchingBatches(source, start, settings.steps, accumulation, settings.num_workers))
+    batches = source.batches(start, settings.steps, accumulation, settings.num_workers)
     bar = tqdm(total=settings.steps, initial=start, desc=f"train {stage}", disable=not accelerator.is_main_process)
     tick, images_seen = time.perf_counter(), 0
+    if accelerator.is_main_process:
+        _append_log(log_path, {"stage": stage, "step": start, "event": "start", "compile": compiled,
+                               "batched_synthesis": batched, "batch_size": settings.batch_size,
+                               "photos": len(train_set.photos), "validation_photos": len(val_set.photos)})
+
+    def micro_step(step: int, micro: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        sync = micro == accumulation - 1
+        context = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
+        autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        with context, autocast:
+            loss = model(batch, source.generators(step, micro)) / accumulation
+            accelerator.backward(loss)
+        return loss.detach()
+
     for step in range(start, settings.steps):
         model.train()
-        total = 0.0
+        total = torch.zeros((), device=accelerator.device)  # summed on the device: no host sync per step
         for micro in range(accumulation):
-            batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
-            sync = micro == accumulation - 1
-            context = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
-            autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-            with context, autocast:
-                loss = model(batch, source.generators(step, micro)) / accumulation
-                accelerator.backward(loss)
-            total += accelerator.reduce(loss.detach(), reduction="mean").item()
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(batches).items()}
+            try:
+                loss = micro_step(step, micro, batch)
+            except Exception as error:  # noqa: BLE001 - inductor/triton failures surface as many types
+                if not (compiled and step == start and micro == 0):
+                    raise
+                compiled = False
+                for module in objective.compiled_modules():
+                    module._compiled_call_impl = None  # back to eager (what nn.Module.compile set)
+                optimizer.zero_grad(set_to_none=True)
+                message = f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); continuing eagerly"
+                accelerator.print(message)
+                if accelerator.is_main_process:
+                    _append_log(log_path, {"stage": stage, "step": step, "event": "compile_fallback", "error": message})
+                loss = micro_step(step, micro, batch)
+            total += accelerator.reduce(loss, reduction="mean")
             images_seen += batch["mixture"].shape[0] * accelerator.num_processes
         grad_norm = accelerator.clip_grad_norm_(parameters, settings.max_grad_norm)
         optimizer.step()
@@ -638,12 +724,13 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
         done = step + 1
         bar.update(1)
 
-        if accelerator.is_main_process and (done % settings.log_steps == 0 or done == settings.steps):
+        at_log_step = done % settings.log_steps == 0 or done == settings.steps
+        if accelerator.is_main_process and at_log_step:
             elapsed = time.perf_counter() - tick
             record = {
                 "stage": stage,
                 "step": done,
-                "loss": total,
+                "loss": total.item(),
                 "grad_norm": float(grad_norm),
                 "lr": lr_scheduler.get_last_lr()[0],
                 "it_per_s": settings.log_steps / elapsed if elapsed > 0 else math.nan,
@@ -651,18 +738,29 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
                 "memory_gib": _memory_gib(accelerator.device),
                 "processes": accelerator.num_processes,
             }
-            bar.set_postfix(loss=f"{total:.4f}", lr=f"{record['lr']:.2e}", mem=f"{record['memory_gib']:.1f}G")
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", mem=f"{record['memory_gib']:.1f}G")
             _append_log(log_path, record)
             tick, images_seen = time.perf_counter(), 0
 
         if done % settings.validation_steps == 0 and accelerator.is_main_process:
             model.eval()
-            metrics = validate(stage, objective, val_batch, config, stage_dir / "validation" / f"step-{done:06d}.png")
+            with _eager(objective.compiled_modules()):  # other shapes than training's: no recompilation
+                metrics = validate(stage, objective, val_batch, config, stage_dir / "validation" / f"step-{done:06d}.png")
             _append_log(log_path, {"stage": stage, "step": done, **metrics})
             accelerator.print(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
-        if done % settings.checkpointing_steps == 0 or done == stop_after:
+        out_of_time = False
+        if time_limit_minutes is not None and at_log_step and done < settings.steps:
+            flag = torch.tensor(float(time.perf_counter() - started > 60 * time_limit_minutes), device=accelerator.device)
+            out_of_time = accelerator.reduce(flag, reduction="sum").item() > 0  # the processes agree
+        if done % settings.checkpointing_steps == 0 or done == stop_after or out_of_time:
             _checkpoint(accelerator, ema, objective.trainable, checkpoint_dir, done, settings.checkpoints_total_limit)
+        if out_of_time:
+            accelerator.print(f"{stage}: time limit of {time_limit_minutes} min reached at step {done}; checkpointed")
+            if accelerator.is_main_process:
+                _append_log(log_path, {"stage": stage, "step": done, "event": "time_limit"})
+            bar.close()
+            return None
         if done == stop_after:
             bar.close()
             return checkpoint_dir
@@ -670,6 +768,8 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
 
     if ema is not None:
         ema.copy_to(parameters)
+    for module in objective.compiled_modules():
+        module._compiled_call_impl = None  # the saved pipeline and later stages run eagerly
     if accelerator.is_main_process and stage == "control":
         objective.trainable.save_pretrained(config.control_dir)
     elif accelerator.is_main_process:
@@ -678,8 +778,23 @@ def train_stage(config: TrainingConfig, stage: str, stop_after: int | None = Non
         pipe.save_pretrained(config.pipeline_dir)
         if config.push_to_hub:
             pipe.push_to_hub(config.push_to_hub)
+    if accelerator.is_main_process:
+        (stage_dir / FINISHED).write_text(json.dumps({"steps": settings.steps}) + "\n")
     accelerator.wait_for_everyone()
     return config.control_dir if stage == "control" else config.pipeline_dir
+
+
+@contextlib.contextmanager
+def _eager(modules: list[nn.Module]):
+    """Runs ``modules`` uncompiled inside the block (``nn.Module.compile`` keeps its compiled call aside)."""
+    saved = [module._compiled_call_impl for module in modules]
+    for module in modules:
+        module._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for module, call in zip(modules, saved):
+            module._compiled_call_impl = call
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:
@@ -741,6 +856,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", choices=STAGES, nargs="+", default=[],
                         help="stages to run, in order (none: only --vae-from's seeding)")
     parser.add_argument("--stop-after", type=int, default=None, help="stop after this step's checkpoint (testing)")
+    parser.add_argument("--time-limit-minutes", type=float, default=None,
+                        help="checkpoint and exit with status 75 once this much time has passed; the same command "
+                        "continues the run (finished stages are skipped)")
     parser.add_argument("--export-fp16", type=Path, metavar="DIR", help="afterwards, write the last stage's result "
                         "in fp16 to DIR (the pipeline, or the control regressor after `control`)")
     parser.add_argument("--vae-from", metavar="PIPELINE", help="start a new run with this pipeline's trained VAE "
@@ -758,8 +876,14 @@ def main(argv: list[str] | None = None) -> int:
         if accelerator.is_main_process:
             seed_with_trained_vae(config, args.vae_from)
         accelerator.wait_for_everyone()
+    started = time.perf_counter()
     for stage in args.stage:
-        train_stage(config, stage, stop_after=args.stop_after)
+        remaining = None
+        if args.time_limit_minutes is not None:
+            remaining = args.time_limit_minutes - (time.perf_counter() - started) / 60
+        if train_stage(config, stage, stop_after=args.stop_after, time_limit_minutes=remaining) is None:
+            accelerator.end_training()
+            return EXIT_TIME_LIMIT
     if args.export_fp16 is not None and accelerator.is_main_process:
         export_fp16(config, args.stage[-1], args.export_fp16)
     accelerator.end_training()  # once, after all stages: it tears down the process group the stages share
