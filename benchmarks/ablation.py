@@ -9,6 +9,9 @@ Rows (as in the paper's ablation, plus FGFM and the control):
   full (+disjoint, +FGFM)           k = 0.2, guidance "fast", w = 0.8 (the defaults of the method)
   full without FGFM                 w = 0
 
+With `--synthesis-config` the mixtures follow a training config's `synthesis` recipes; `--per-recipe N` adds, for
+each recipe alone, N mixtures scored for the input, the control and the full method.
+
 The mixtures are made from the photos of the validation split (by file-name hash, the same split the training
 stack uses), which no training item ever contains; those whose reflection the synthesizer's overflow
 compensation removed from a whole channel are skipped (indices listed in the JSON). Metrics are the evaluation harness's:
@@ -33,7 +36,7 @@ import torch
 from diffusers import UNet2DModel
 
 from reflection_separation import ReflectionSeparationPipeline
-from reflection_separation.data import SyntheticReflectionDataset
+from reflection_separation.data import ReflectionSynthesizer, SyntheticReflectionDataset
 from reflection_separation.evaluation import BenchmarkItem, format_markdown_table, image_metrics, summarize
 from reflection_separation.training import run_control_regressor
 
@@ -76,7 +79,18 @@ def run_pipeline_row(pipe, items, settings, steps, batch_size, seed) -> tuple[di
     return score(items, list(out.transmission), list(out.reflection)), seconds
 
 
-def held_out_items(args: argparse.Namespace) -> tuple[list[BenchmarkItem], list[int]]:
+def run_control_row(regressor: UNet2DModel, items: list[BenchmarkItem], device: str) -> tuple[dict[str, Any], float]:
+    start = time.perf_counter()
+    with torch.no_grad():
+        mixtures = torch.stack([torch.from_numpy(item.mixture).permute(2, 0, 1) for item in items])
+        transmission, reflection = run_control_regressor(regressor, mixtures.to(device))
+    seconds = time.perf_counter() - start
+    return score(items, [to_hwc(t) for t in transmission], [to_hwc(r) for r in reflection]), seconds
+
+
+def held_out_items(
+    args: argparse.Namespace, synthesizer: ReflectionSynthesizer, num_images: int
+) -> tuple[list[BenchmarkItem], list[int]]:
     """The first ``num_images`` validation mixtures that hold a visible reflection, and the indices skipped.
 
     The synthesizer's overflow compensation can darken the reflection of a bright photo to nothing in one
@@ -86,22 +100,23 @@ def held_out_items(args: argparse.Namespace) -> tuple[list[BenchmarkItem], list[
     dataset = SyntheticReflectionDataset(
         args.photos,
         resolution=args.resolution,
-        num_samples=MAX_DRAWS_PER_IMAGE * args.num_images,
+        num_samples=MAX_DRAWS_PER_IMAGE * num_images,
         seed=args.seed,
         split="validation",
         validation_fraction=args.validation_fraction,
+        synthesizer=synthesizer,
         flip_probability=0.0,
     )
     items, skipped = [], []
     for index in range(len(dataset)):
-        if len(items) == args.num_images:
+        if len(items) == num_images:
             break
         sample = dataset[index]
         if sample["reflection"].mean(dim=(1, 2)).min() < MIN_REFLECTION:
             skipped.append(index)
             continue
         items.append(BenchmarkItem(str(index), *(to_hwc(sample[k]) for k in ("mixture", "transmission", "reflection"))))
-    if len(items) < args.num_images:
+    if len(items) < num_images:
         raise ValueError(f"Only {len(items)} of {len(dataset)} validation mixtures hold a visible reflection; "
                          "lower --num-images or add validation photos.")
     return items, skipped
@@ -121,21 +136,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", required=True, help="JSON path; a Markdown table is written beside it")
+    parser.add_argument("--synthesis-config", type=Path, help="training config whose `synthesis` recipes make the "
+                        "mixtures (default: the additive recipe alone)")
+    parser.add_argument("--per-recipe", type=int, default=0, metavar="N", help="also score N mixtures of each recipe")
     args = parser.parse_args(argv)
 
-    items, skipped = held_out_items(args)
+    synthesis = json.loads(args.synthesis_config.read_text()).get("synthesis", {}) if args.synthesis_config else {}
+    synthesizer = ReflectionSynthesizer.from_dict(synthesis)
+    items, skipped = held_out_items(args, synthesizer, args.num_images)
 
     rows: list[dict[str, Any]] = [
         {"name": "mixture as T", "metrics": summarize([image_metrics(item, item.mixture, None) for item in items])}
     ]
-    if args.control:
-        regressor = UNet2DModel.from_pretrained(args.control).to(args.device).eval()
-        start = time.perf_counter()
-        with torch.no_grad():
-            mixtures = torch.stack([torch.from_numpy(item.mixture).permute(2, 0, 1) for item in items])
-            transmission, reflection = run_control_regressor(regressor, mixtures.to(args.device))
-        seconds = time.perf_counter() - start
-        metrics = score(items, [to_hwc(t) for t in transmission], [to_hwc(r) for r in reflection])
+    regressor = UNet2DModel.from_pretrained(args.control).to(args.device).eval() if args.control else None
+    if regressor is not None:
+        metrics, seconds = run_control_row(regressor, items, args.device)
         rows.append({"name": "control regressor", "metrics": metrics, "seconds": seconds})
 
     pipelines = {"main": args.pipeline, "baseline": args.baseline}
@@ -152,9 +167,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append({"name": name, "settings": {**settings, "num_inference_steps": steps}, "metrics": metrics,
                      "seconds": seconds})
 
+    per_recipe: dict[str, list[dict[str, Any]]] = {}
+    for recipe in synthesizer.recipes if args.per_recipe else []:
+        recipe_items, _ = held_out_items(args, synthesizer.only(recipe), args.per_recipe)
+        recipe_rows = [{"name": "mixture as T",
+                        "metrics": summarize([image_metrics(item, item.mixture, None) for item in recipe_items])}]
+        if regressor is not None:
+            metrics, seconds = run_control_row(regressor, recipe_items, args.device)
+            recipe_rows.append({"name": "control regressor", "metrics": metrics, "seconds": seconds})
+        name, _, settings = METHOD_ROWS[3]
+        pipe = loaded["main"]
+        metrics, seconds = run_pipeline_row(pipe, recipe_items, settings,
+                                            args.steps or pipe.config.default_denoising_steps, args.batch_size,
+                                            args.seed)
+        recipe_rows.append({"name": name, "metrics": metrics, "seconds": seconds})
+        per_recipe[recipe] = recipe_rows
+
     report = {
         "description": "Ablation on held-out synthetic mixtures (validation-split photos only).",
-        "settings": {k: v for k, v in vars(args).items()},
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "synthesis": synthesizer.to_dict(),
+        "per_recipe": per_recipe,
         "skipped_without_reflection": skipped,
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()},
@@ -164,6 +197,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
     table = format_markdown_table([(row["name"], row["metrics"]) for row in rows], label="Row")
+    for recipe, recipe_rows in per_recipe.items():
+        table += f"\n{recipe} ({args.per_recipe} mixtures)\n\n" + format_markdown_table(
+            [(row["name"], row["metrics"]) for row in recipe_rows], label="Row")
     output.with_suffix(".md").write_text(table)
     print(table)
     return report

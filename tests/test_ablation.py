@@ -37,3 +37,26 @@ def test_ablation_rows_on_tiny_models(tmp_path):
     assert clsa["t_psnr"] != full["t_psnr"]
     assert json.loads(output.read_text())["rows"][3]["settings"]["guidance_mode"] == "off"
     assert output.with_suffix(".md").read_text().startswith("| Row")
+
+
+def test_ablation_per_recipe_with_a_training_configs_recipes(tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    build_pipeline().save_pretrained(tmp_path / "main")
+    build_control_regressor((8, 16)).save_pretrained(tmp_path / "control")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"synthesis": {"recipes": {"screen": 1, "glass_tint": 1}, "jpeg_probability": 0.5}}))
+    report = load_script("benchmarks/ablation.py").main([
+        "--pipeline", str(tmp_path / "main"), "--control", str(tmp_path / "control"), "--photos", str(photos),
+        "--validation-fraction", "0.4", "--num-images", "2", "--resolution", "32", "--steps", "2",
+        "--batch-size", "2", "--device", "cpu", "--output", str(tmp_path / "ablation.json"),
+        "--synthesis-config", str(config), "--per-recipe", "2",
+    ])
+    assert report["synthesis"]["recipes"] == {"screen": 1.0, "glass_tint": 1.0}
+    assert set(report["per_recipe"]) == {"screen", "glass_tint"}
+    for rows in report["per_recipe"].values():
+        assert [row["name"] for row in rows] == ["mixture as T", "control regressor", "full (+disjoint, +FGFM)"]
+        assert all(row["metrics"]["count"] == 2 for row in rows)
+    # the glass dims the scene, so the input is further from the true T than under the screen blend
+    screen, glass = (report["per_recipe"][name][0]["metrics"]["t_psnr"] for name in ("screen", "glass_tint"))
+    assert screen != glass
+    assert "glass_tint (2 mixtures)" in (tmp_path / "ablation.md").read_text()
