@@ -79,7 +79,7 @@ def step_flops(config: TrainingConfig, stage: str, batch: int, device: torch.dev
     from reflection_separation.training import load_pipeline
 
     pipe = load_pipeline(config).to(device)
-    objective = build_objective(stage, pipe, config)
+    objective = build_objective(stage, pipe, config).to(device)  # the control regressor is built on the CPU
     dataset = SyntheticReflectionDataset(config.photos, resolution=config.resolution, num_samples=batch)
     source = BatchSource(dataset, batch, seed=0, process=0, num_processes=1)
     data = {k: v.to(device) for k, v in source.batch(0, 0).items()}
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "unet:loader:eager:64,unet:device:eager:64,unet:device:eager:256,unet:device:compiled:256,"
         "unet:device:compiled:512,vae:loader:eager:16,vae:device:eager:64,composition:loader:eager:32,"
         "composition:device:compiled:256,fgfm:loader:eager:16,fgfm:device:eager:64,control:loader:eager:32,"
-        "control:device:compiled:128"), help="stage:path:eager|compiled:batch,...")
+        "control:device:eager:256"), help="stage:path:eager|compiled:batch,...")
     parser.add_argument("--sd21-rows", default="unet:loader:eager:16,unet:device:eager:16,unet:device:compiled:32")
     parser.add_argument("--steps", type=int, default=24, help="training steps per row (a quarter are warm-up)")
     parser.add_argument("--workers", type=int, default=8, help="DataLoader workers of the loader rows")

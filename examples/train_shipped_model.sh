@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Retrains the shipped model on one GPU from the training pack (examples/gather_photos.py --pack), in commands of
 # under 10 minutes: each call does what is left, stops with status 75 before its deadline (checkpointed), and the
-# same call continues. Every call ends by packing the results into OUT_DIR as pieces of < 16 MiB
-# (`cat OUT_DIR/results.tgz.* | tar xz` unpacks them).
+# same call continues. After every step it packs the results (logs, JSON, the trained pipeline, the fp16 export)
+# into OUT_DIR as pieces of < 16 MiB (`cat OUT_DIR/results.tgz.* | tar xz` unpacks them), so that a command killed
+# at its limit, or a machine given back, loses no finished stage. The limit does not cover loading and compilation
+# before a stage's first step: keep a minute or two of margin (MINUTES_PER_CALL below the command's limit).
 #
 #   bash examples/train_shipped_model.sh OUT_DIR [MINUTES_PER_CALL]
 #
@@ -28,7 +30,9 @@ export OMP_NUM_THREADS=8
 left() { python3 -c "print(round(max(0.5, $MINUTES - 0.6 - ($(date +%s) - $START) / 60), 2))"; }
 pack() {
     rm -f "$OUT"/results.tgz.*
-    tar czf - "$RESULTS" reflection_separation/default_model | split -b 15M - "$OUT/results.tgz."
+    local trained=()
+    for folder in "$RUN/pipeline" "$RUN/control_fp16"; do [ -e "$folder" ] && trained+=("$folder"); done
+    tar czf - "$RESULTS" reflection_separation/default_model "${trained[@]}" | split -b 15M - "$OUT/results.tgz."
     ls -l "$OUT"
 }
 stage() {  # stage NAME [extra args]: train (or continue) one stage within the time left; 75 = out of time
@@ -43,6 +47,7 @@ stage() {  # stage NAME [extra args]: train (or continue) one stage within the t
         exit $status
     fi
     echo "stage $name: done at $(( $(date +%s) - START )) s"
+    pack
 }
 
 if [ ! -e "$RESULTS/training_h200.json" ]; then
@@ -81,7 +86,7 @@ stage composition
 stage fgfm --export-fp16 reflection_separation/default_model
 
 if [ ! -e "$RESULTS/ablation_small_model.json" ]; then
-    python3 benchmarks/ablation.py --pipeline reflection_separation/default_model --control "$RUN/control_fp16" \
+    timeout "$(python3 -c "print(int(60 * $(left)))")" python3 benchmarks/ablation.py --pipeline reflection_separation/default_model --control "$RUN/control_fp16" \
         --photos data/pack_2026-12-02 --validation-fraction 0.15 --num-images 96 --batch-size 32 \
         --synthesis-config "$CONFIG" --per-recipe 24 --output "$RESULTS/ablation_small_model.json" \
         > "$RESULTS/ablation.log" 2>&1

@@ -604,7 +604,8 @@ def train_stage(
     ``stop_after`` ends the run right after that step's checkpoint without saving the pipeline, as a
     crash would; rerunning resumes from the checkpoint. ``time_limit_minutes`` does the same at the first log step
     after that much wall-clock time (all processes agree there), so that a long run can be split over commands of
-    limited length: it then returns None instead of the saved folder.
+    limited length: it then returns None instead of the saved folder. One process checks after every step,
+    several at log steps; the limit does not cover what comes before the first step (loading, compilation).
     """
     started = time.perf_counter()
     settings = config.stages.get(stage, StageConfig())
@@ -750,9 +751,13 @@ def train_stage(
             accelerator.print(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
         out_of_time = False
-        if time_limit_minutes is not None and at_log_step and done < settings.steps:
-            flag = torch.tensor(float(time.perf_counter() - started > 60 * time_limit_minutes), device=accelerator.device)
-            out_of_time = accelerator.reduce(flag, reduction="sum").item() > 0  # the processes agree
+        if time_limit_minutes is not None and done < settings.steps:
+            late = time.perf_counter() - started > 60 * time_limit_minutes
+            if accelerator.num_processes == 1:  # every step: a host-side check costs nothing
+                out_of_time = late
+            elif at_log_step:  # the processes agree at log steps (one small all-reduce)
+                flag = torch.tensor(float(late), device=accelerator.device)
+                out_of_time = accelerator.reduce(flag, reduction="sum").item() > 0
         if done % settings.checkpointing_steps == 0 or done == stop_after or out_of_time:
             _checkpoint(accelerator, ema, objective.trainable, checkpoint_dir, done, settings.checkpoints_total_limit)
         if out_of_time:

@@ -114,14 +114,14 @@ def test_time_limit_checkpoints_and_the_same_command_continues(photos, tmp_path)
                    "composition": {"steps": 2, "batch_size": 2, "validation_steps": 2, "log_steps": 1}},
     }))
     command = ["--config", str(config_path), "--stage", "unet", "composition"]
-    assert main([*command, "--time-limit-minutes", "0"]) == EXIT_TIME_LIMIT  # stops at the first log step
-    assert (tmp_path / "limited" / "unet" / "checkpoints" / "checkpoint-2").is_dir()
+    assert main([*command, "--time-limit-minutes", "0"]) == EXIT_TIME_LIMIT  # one process: stops after a step
+    assert (tmp_path / "limited" / "unet" / "checkpoints" / "checkpoint-1").is_dir()
     assert not (tmp_path / "limited" / "unet" / FINISHED).exists()
     assert main(command) == 0
     assert (tmp_path / "limited" / "unet" / FINISHED).exists()
     assert (tmp_path / "limited" / "composition" / FINISHED).exists()
     log = [json.loads(line) for line in (tmp_path / "limited" / "unet" / "log.jsonl").read_text().splitlines()]
-    assert [record["step"] for record in log if record.get("event") == "time_limit"] == [2]
+    assert [record["step"] for record in log if record.get("event") == "time_limit"] == [1]
     # The composition stage does not touch the UNet: it is exactly the straight run's.
     a, b = unet_weights(straight), unet_weights(limited)
     for key in a:
