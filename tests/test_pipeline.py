@@ -258,3 +258,19 @@ def test_model_cpu_offload_gives_the_same_result(tiny_pipe, rng):
     offloaded = tiny_pipe(image, generator=generator(0), **kwargs)
     np.testing.assert_array_equal(offloaded.transmission, reference.transmission)
     np.testing.assert_array_equal(offloaded.reflection, reference.reflection)
+
+
+def test_latent_output_is_the_final_latents_that_decode_to_the_image_output(tiny_pipe, rng):
+    image = random_image(rng, 64, 64)  # at the processing resolution: no resize, no padding
+    latent = tiny_pipe([image, image], generator=[generator(0), generator(1)], **{**FAST, "output_type": "latent"})
+    decoded = tiny_pipe([image, image], generator=[generator(0), generator(1)], **{**FAST, "output_type": "pt"})
+    channels, factor = tiny_pipe.vae.config.latent_channels, tiny_pipe.vae_scale_factor
+    assert latent.transmission.shape == latent.reflection.shape == (2, channels, 64 // factor, 64 // factor)
+    assert not torch.equal(latent.transmission, latent.reflection)
+    pixels = tiny_pipe.image_processor.preprocess(torch.from_numpy(image).permute(2, 0, 1), 64)[0]
+    _, features = tiny_pipe.encode_mixture(pixels)
+    for i in range(2):
+        stacked = torch.cat([latent.transmission[i : i + 1], latent.reflection[i : i + 1]])
+        layers = ((tiny_pipe.decode_latents(stacked, features, tiny_pipe.config.default_fgfm_strength) + 1) / 2).clamp(0, 1)
+        torch.testing.assert_close(layers[0], decoded.transmission[i], atol=1e-5, rtol=0)
+        torch.testing.assert_close(layers[1], decoded.reflection[i], atol=1e-5, rtol=0)

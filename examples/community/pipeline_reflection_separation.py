@@ -774,7 +774,8 @@ class ReflectionImageProcessor:
 
     @staticmethod
     def to_output(images: list[torch.Tensor], output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
-        """``(3, H, W)`` tensors in [0, 1] -> PIL list, ``NHWC`` numpy array or ``NCHW`` tensor."""
+        """``(3, H, W)`` tensors in [0, 1] -> PIL list, ``NHWC`` numpy array or ``NCHW`` tensor (``"pt"``, and
+        ``"latent"`` for latents, stacked as they are)."""
         if output_type == "pil":
             return [
                 PIL.Image.fromarray((image.permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8))
@@ -786,7 +787,7 @@ class ReflectionImageProcessor:
                 "`output_type='pil'` or call the pipeline once per size."
             )
         stacked = torch.stack(images)
-        if output_type == "pt":
+        if output_type in ("pt", "latent"):
             return stacked
         return stacked.permute(0, 2, 3, 1).cpu().numpy()
 
@@ -1237,8 +1238,12 @@ class ReflectionSeparationPipelineOutput(BaseOutput):
     Args:
         transmission: the scene behind the glass, one per input image: a list of PIL images, an ``NHWC``
             numpy array or an ``NCHW`` tensor, values in [0, 1], each in its input's size when
-            ``match_input_resolution`` is set.
-        reflection: the reflection as it appears in the photo, same format.
+            ``match_input_resolution`` is set. With ``output_type="latent"``: the transmission's final latents,
+            undecoded, ``(N, latent_channels, h, w)`` in the UNet's latent space (scaled by the VAE's
+            ``scaling_factor``, of the padded image at the processing resolution); decode them with
+            :meth:`ReflectionSeparationPipeline.decode_latents`.
+        reflection: the reflection as it appears in the photo, same format (its final latents with
+            ``output_type="latent"``).
     """
 
     transmission: list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -1467,8 +1472,13 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             raise ValueError(f"`guidance_steps` must be a non-negative integer, got {guidance_steps!r}.")
         if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', got {output_type!r}.")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent', got {output_type!r}.")
+        if output_type == "latent" and tile_size is not None:
+            raise ValueError(
+                "`output_type='latent'` returns each image's final latents, which tiled images do not have as one "
+                "tensor; pass `tile_size=None` or another `output_type`."
+            )
         if isinstance(generator, list):
             if len(generator) != num_images:
                 raise ValueError(
@@ -1555,8 +1565,10 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             guidance_steps: inner gradient steps per sampling step.
             generator: one generator, or one per image (then results do not depend on ``batch_size``).
             batch_size: images denoised together (each image is two UNet rows).
-            output_type: ``"pil"``, ``"np"`` (``NHWC``) or ``"pt"`` (``NCHW``), values in [0, 1].
-            return_dict: return a :class:`ReflectionSeparationPipelineOutput` instead of a tuple.
+            output_type: ``"pil"``, ``"np"`` (``NHWC``) or ``"pt"`` (``NCHW``), values in [0, 1]; or ``"latent"``:
+                both layers' final latents, undecoded (images of one size, no tiles; the VAE decoder does not run).
+            return_dict: return a :class:`ReflectionSeparationPipelineOutput` instead of a tuple
+                ``(transmission, reflection)``.
             callback_on_step_end: called as ``callback(pipe, step, timestep, callback_kwargs)`` after each
                 scheduler step; may return replacements for ``latents``.
             callback_on_step_end_tensor_inputs: names from ``_callback_tensor_inputs`` passed to the callback.
@@ -1633,28 +1645,13 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         if guidance_mode != "off" and guidance_steps > 0 and guidance_scale > 0:
             guidance = LatentCompositionGuidance(self.composition_net, guidance_scale, guidance_steps)
         sampler = DisjointSampling(self.scheduler)
-        step_kwargs_accepted = set(inspect.signature(self.scheduler.step).parameters)
 
-        # 3. Preprocess; cut images larger than `tile_size` into overlapping tiles; group consecutive work units
-        # (images or tiles) of the same size into batches.
+        # 3. Preprocess; cut images larger than `tile_size` into overlapping tiles; batch the work units.
         prepared = [self.image_processor.preprocess(t, processing_resolution) for t in tensors]
-        units: list[tuple[int, torch.Tensor]] = []  # (image index, pixels)
-        tiled: dict[int, list[tuple[int, int, int, int]]] = {}
-        for index, (pixels, _, _) in enumerate(prepared):
-            height, width = pixels.shape[-2:]
-            if tile_size is not None and max(height, width) > tile_size:
-                tiled[index] = tile_boxes(height, width, tile_size, tile_overlap)
-                units.extend((index, pixels[..., t:b, l:r]) for t, l, b, r in tiled[index])
-            else:
-                units.append((index, pixels))
-        chunks: list[list[int]] = []
-        for position, (_, pixels) in enumerate(units):
-            if chunks and len(chunks[-1]) < batch_size and units[chunks[-1][0]][1].shape == pixels.shape:
-                chunks[-1].append(position)
-            else:
-                chunks.append([position])
+        units, tiled = self._work_units(prepared, tile_size, tile_overlap)
+        chunks = self._batches([pixels for _, pixels in units], batch_size)
 
-        decoded_units: list[torch.Tensor] = [None] * len(units)
+        results: list[torch.Tensor] = [None] * len(units)  # per unit: stacked [T, R] latents or decoded layers
         self._num_timesteps = num_inference_steps
         for chunk in self.progress_bar(chunks, desc="Images", leave=True):
             images = [units[position][0] for position in chunk]
@@ -1665,69 +1662,124 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             mixture_latents, mixture_features = self.encode_mixture(pixels)
             prompt_embeds = self.layer_prompt_batch(prompt_pair, batch)
 
-            # 5. Initial noise [T rows; R rows].
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-            latents = self._initial_noise(images, tuple(mixture_latents.shape[1:]), generator, device, self.unet.dtype)
-            latents = latents * self.scheduler.init_noise_sigma
-            step_generator = generator
-            if isinstance(generator, list):
-                step_generator = [generator[i] for i in images] * 2
-            step_kwargs = {"generator": step_generator} if "generator" in step_kwargs_accepted else {}
+            # 5-6. Initial noise [T rows; R rows], then denoise.
+            latents = self._denoise(
+                images, mixture_latents, prompt_embeds, num_inference_steps, generator, sampler, disjoint_strength,
+                guidance, guidance_mode, guidance_checkpointing, predict_noise, callback_on_step_end,
+                callback_on_step_end_tensor_inputs,
+            )
 
-            # 6. Denoise.
-            timesteps = self.scheduler.timesteps
-            host_timesteps = timesteps.tolist()  # one copy to the host: the noise-level lookups need no sync per step
-            for step, t in enumerate(self.progress_bar(timesteps, desc="Denoising", leave=False)):
-                model_output, latents = self.guided_model_output(
-                    latents,
-                    t,
-                    host_timesteps[step],
-                    mixture_latents,
-                    prompt_embeds,
-                    sampler,
-                    disjoint_strength,
-                    guidance,
-                    guidance_mode,
-                    guidance_checkpointing,
-                    predict_noise,
-                )
-                latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
-
-                if callback_on_step_end is not None:
-                    available = {
-                        "latents": latents,
-                        "mixture_latents": mixture_latents,
-                        "prompt_embeds": prompt_embeds,
-                    }
-                    callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs or []}
-                    callback_outputs = callback_on_step_end(self, step, t, callback_kwargs)
-                    latents = (callback_outputs or {}).get("latents", latents)
-
-            # 7. Decode with FGFM; rows [T; R] of each unit.
-            decoded = self.decode_latents(latents, mixture_features, fgfm_strength)
+            # 7. Decode with FGFM (unless the latents are the output); rows [T; R] of each unit.
+            if output_type != "latent":
+                latents = self.decode_latents(latents, mixture_features, fgfm_strength)
             for row, position in enumerate(chunk):
-                decoded_units[position] = torch.stack([decoded[row], decoded[batch + row]])
+                results[position] = torch.stack([latents[row], latents[batch + row]])
 
-        # 8. Blend tiles, remove padding, resize back.
-        transmissions: list[torch.Tensor] = []
-        reflections: list[torch.Tensor] = []
-        for index, (pixels, padding, original_size) in enumerate(prepared):
-            layers = [decoded_units[p] for p, (image, _) in enumerate(units) if image == index]
-            if index in tiled:
-                height, width = pixels.shape[-2:]
-                joined = blend_tiles([layer.flatten(0, 1) for layer in layers], height, width, tile_size, tile_overlap)
-                layers = [joined.unflatten(0, (2, -1))]
-            size = original_size if match_input_resolution else None
-            transmission_image, reflection_image = self.image_processor.postprocess(layers[0], padding, size)
-            transmissions.append(transmission_image)
-            reflections.append(reflection_image)
-
+        # 8. Blend tiles, remove padding, resize back (decoded images), or stack the latents.
         self.maybe_free_model_hooks()
-        transmission = self.image_processor.to_output(transmissions, output_type)
-        reflection = self.image_processor.to_output(reflections, output_type)
-        if not return_dict:
-            return (transmission, reflection)
-        return ReflectionSeparationPipelineOutput(transmission=transmission, reflection=reflection)
+        if output_type == "latent":
+            layers = results
+        else:
+            layers = [
+                self._assemble(results, units, tiled, index, pixels, padding,
+                               original_size if match_input_resolution else None, tile_size, tile_overlap)
+                for index, (pixels, padding, original_size) in enumerate(prepared)
+            ]
+        transmission = self.image_processor.to_output([layer[0] for layer in layers], output_type)
+        reflection = self.image_processor.to_output([layer[1] for layer in layers], output_type)
+        output = ReflectionSeparationPipelineOutput(transmission=transmission, reflection=reflection)
+        return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _work_units(
+        prepared: list[tuple[torch.Tensor, tuple[int, int], tuple[int, int]]], tile_size: int | None, tile_overlap: int | None
+    ) -> tuple[list[tuple[int, torch.Tensor]], dict[int, list[tuple[int, int, int, int]]]]:
+        """``(image index, pixels)`` per whole image or per tile of an image larger than ``tile_size``, and the tile
+        boxes of each tiled image."""
+        units: list[tuple[int, torch.Tensor]] = []
+        tiled: dict[int, list[tuple[int, int, int, int]]] = {}
+        for index, (pixels, _, _) in enumerate(prepared):
+            height, width = pixels.shape[-2:]
+            if tile_size is not None and max(height, width) > tile_size:
+                tiled[index] = tile_boxes(height, width, tile_size, tile_overlap)
+                units.extend((index, pixels[..., t:b, l:r]) for t, l, b, r in tiled[index])
+            else:
+                units.append((index, pixels))
+        return units, tiled
+
+    @staticmethod
+    def _batches(pixels: list[torch.Tensor], batch_size: int) -> list[list[int]]:
+        """Positions of consecutive work units of the same size, at most ``batch_size`` per batch."""
+        chunks: list[list[int]] = []
+        for position, unit in enumerate(pixels):
+            if chunks and len(chunks[-1]) < batch_size and pixels[chunks[-1][0]].shape == unit.shape:
+                chunks[-1].append(position)
+            else:
+                chunks.append([position])
+        return chunks
+
+    def _denoise(
+        self,
+        images: list[int],
+        mixture_latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        sampler: DisjointSampling,
+        disjoint_strength: float,
+        guidance: LatentCompositionGuidance | None,
+        guidance_mode: str,
+        guidance_checkpointing: bool,
+        predict_noise: Callable[..., torch.Tensor],
+        callback_on_step_end: Callable | None,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+    ) -> torch.Tensor:
+        """The sampling loop for one batch: noise drawn per image from its generator, then every step. Returns the
+        final latents ``[T rows; R rows]``."""
+        device = mixture_latents.device
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = self._initial_noise(images, tuple(mixture_latents.shape[1:]), generator, device, self.unet.dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+        step_generator = [generator[i] for i in images] * 2 if isinstance(generator, list) else generator
+        accepted = inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": step_generator} if "generator" in accepted else {}
+
+        timesteps = self.scheduler.timesteps
+        host_timesteps = timesteps.tolist()  # one copy to the host: the noise-level lookups need no sync per step
+        for step, t in enumerate(self.progress_bar(timesteps, desc="Denoising", leave=False)):
+            model_output, latents = self.guided_model_output(
+                latents, t, host_timesteps[step], mixture_latents, prompt_embeds, sampler, disjoint_strength,
+                guidance, guidance_mode, guidance_checkpointing, predict_noise,
+            )
+            latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
+
+            if callback_on_step_end is not None:
+                available = {"latents": latents, "mixture_latents": mixture_latents, "prompt_embeds": prompt_embeds}
+                callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs or []}
+                callback_outputs = callback_on_step_end(self, step, t, callback_kwargs)
+                latents = (callback_outputs or {}).get("latents", latents)
+        return latents
+
+    def _assemble(
+        self,
+        results: list[torch.Tensor],
+        units: list[tuple[int, torch.Tensor]],
+        tiled: dict[int, list[tuple[int, int, int, int]]],
+        index: int,
+        pixels: torch.Tensor,
+        padding: tuple[int, int],
+        size: tuple[int, int] | None,
+        tile_size: int | None,
+        tile_overlap: int | None,
+    ) -> torch.Tensor:
+        """Image ``index``'s decoded ``[T, R]`` from its work units: tiles blended, padding removed, resized to
+        ``size`` (if given); ``(2, 3, H, W)`` in [0, 1]."""
+        layers = [results[position] for position, (image, _) in enumerate(units) if image == index]
+        if index in tiled:
+            height, width = pixels.shape[-2:]
+            joined = blend_tiles([layer.flatten(0, 1) for layer in layers], height, width, tile_size, tile_overlap)
+            layers = [joined.unflatten(0, (2, -1))]
+        return self.image_processor.postprocess(layers[0], padding, size)
 
     def guided_model_output(
         self,
