@@ -201,6 +201,18 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ helpers
 
+    def set_attention_slice(self, slice_size: int | str | None) -> None:
+        """Behind diffusers' ``enable_attention_slicing(slice_size)`` / ``disable_attention_slicing()``: the UNet
+        picks each layer's slice size as in diffusers (``"auto"``: half the heads, ``"max"``: one, an int, ``None``:
+        off), then CLSA is reinstalled on the self-attentions with those sizes (sliced joined attention), so the
+        layers keep attending to each other. Cross-attention to the prompt uses diffusers' sliced processor.
+        ``"auto"`` slices layers with a single head in one slice (diffusers would ask for slices of 0 heads)."""
+        if slice_size == "auto":
+            sliceable = [m for m in self.unet.modules() if m is not self.unet and hasattr(m, "set_attention_slice")]
+            slice_size = [max(module.sliceable_head_dim // 2, 1) for module in sliceable]
+        super().set_attention_slice(slice_size)
+        set_cross_layer_attention(self.unet, self.config.cross_layer_attention)
+
     @torch.no_grad()
     def encode_layer_prompts(self, device: torch.device | None = None) -> torch.Tensor:
         """Embeddings of the transmission and reflection prompts, shape ``(2, tokens, dim)``."""
@@ -433,9 +445,10 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         if config.cross_layer_attention and not uses_cross_layer_attention(self.unet):
             raise ValueError(
                 "The UNet's self-attention no longer runs cross-layer self-attention (CLSA): its processors were "
-                "replaced (for example by `unet.fuse_qkv_projections()` or `unet.set_attn_processor(...)`), so the "
-                "two layers would be denoised without seeing each other. Reinstall it with "
-                "`reflection_separation.set_cross_layer_attention(pipe.unet)` (fused projections are supported)."
+                "replaced (for example by `unet.fuse_qkv_projections()`, `unet.set_attn_processor(...)` or "
+                "`unet.set_attention_slice(...)`), so the two layers would be denoised without seeing each other. "
+                "Reinstall it with `reflection_separation.set_cross_layer_attention(pipe.unet)` (fused projections "
+                "are supported); for attention slicing use `pipe.enable_attention_slicing()`, which keeps CLSA."
             )
         device = self._execution_device
         if isinstance(generator, torch.Generator) or isinstance(generator, list):
