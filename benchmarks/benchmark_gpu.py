@@ -399,7 +399,7 @@ class ModelBench:
                 image,
                 num_inference_steps=self.args.steps,
                 processing_resolution=resolution,
-                guidance_mode=mode,
+                composition_guidance=mode,
                 output_type="pt",
                 generator=torch.Generator().manual_seed(0),
                 cuda_graphs=cuda_graphs,
@@ -512,7 +512,7 @@ def section_guidance_step(bench: ModelBench) -> dict[str, Any]:
     sampler = DisjointSampling(pipe.scheduler)
     host_timestep = int(timestep)  # as the pipeline does: noise-level lookups on the host, no sync per step
     strength = pipe.config.default_disjoint_strength
-    guidance = LatentCompositionGuidance(pipe.composition_net, pipe.config.default_guidance_scale, steps=1)
+    guidance = LatentCompositionGuidance(pipe.composition_net, pipe.config.default_composition_guidance_scale, steps=1)
 
     def sampling_step(mode: str, checkpointing: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """What the pipeline does in one step before the scheduler step (``mode="off"``: no guidance)."""
@@ -675,7 +675,7 @@ def section_tiled(bench: ModelBench) -> dict[str, Any]:
     flops = tiles * tile_flops
     results: dict[str, Any] = {
         "image_size": size, "tile_size": tile, "tile_overlap": overlap, "tiles": tiles, "steps": args.steps,
-        "guidance_mode": pipe.config.default_guidance_mode, "flops_estimated_as_tiles_x_one_tile": flops,
+        "guidance_mode": pipe.config.default_composition_guidance, "flops_estimated_as_tiles_x_one_tile": flops,
         "eager": runtime.measure(lambda: call(image, args.steps), flops, warmup=0, repeats=1),
     }
     if runtime.is_cuda:

@@ -230,11 +230,11 @@ def uses_cross_layer_attention(unet: torch.nn.Module) -> bool:
 #
 #     z_t <- z_t - gamma_i ||z_t|| grad_{z_t} L_comp
 #
-# The paper leaves ``gamma_i`` open. We choose ``gamma_i = guidance_scale * sqrt(1 - a_t) / ||grad||``
-# per image and branch: every inner iteration moves a latent by ``guidance_scale * sqrt(1 - a_t)`` of its
-# own norm along the steepest descent direction. That is independent of resolution and of the scale of
-# ``C``, strongest at noisy steps and vanishing at the end of sampling so the final latent is not pushed
-# off the data manifold. ``L_comp`` is the per-image mean squared error; images never share a gradient.
+# The paper leaves ``gamma_i`` open. We choose ``gamma_i = scale * sqrt(1 - a_t) / ||grad||`` (``scale`` is the
+# pipeline's ``composition_guidance_scale``) per image and branch: every inner iteration moves a latent by
+# ``scale * sqrt(1 - a_t)`` of its own norm along the steepest descent direction. That is independent of resolution
+# and of the scale of ``C``, strongest at noisy steps and vanishing at the end of sampling so the final latent is not
+# pushed off the data manifold. ``L_comp`` is the per-image mean squared error; images never share a gradient.
 #
 # All latents here are scaled latents (``E(x) * scaling_factor``), the space the UNet works in.
 # This file imports only torch and diffusers, so it can be copied next to a saved pipeline.
@@ -1264,6 +1264,31 @@ class FGFMAutoencoderKL(AutoencoderKL):
 TRANSMISSION_PROMPT = "Transmission"
 REFLECTION_PROMPT = "Reflection"
 
+RENAMED_ARGUMENTS = {
+    "guidance_mode": "composition_guidance",
+    "guidance_scale": "composition_guidance_scale",
+    "guidance_steps": "composition_guidance_steps",
+}
+"""Call arguments renamed so that the latent-composition guidance's names say "composition": ``guidance_scale`` is
+classifier-free guidance everywhere else in diffusers."""
+
+RENAMED_CONFIG_KEYS = {f"default_{old}": f"default_{new}" for old, new in RENAMED_ARGUMENTS.items()}
+"""The matching config keys: folders saved with the old keys load with them mapped to the new ones."""
+
+
+def check_renamed_arguments(kwargs: dict[str, Any]) -> None:
+    """Refuse call arguments the pipeline does not take, naming the new name of a renamed one."""
+    for name in kwargs:
+        if name in RENAMED_ARGUMENTS:
+            note = (" (`guidance_scale` is classifier-free guidance in diffusers; this pipeline has none, its prompts "
+                    "are fixed)") if name == "guidance_scale" else ""
+            raise TypeError(
+                f"`{name}` was renamed `{RENAMED_ARGUMENTS[name]}`: the latent-composition guidance{note}. Pass "
+                f"`{RENAMED_ARGUMENTS[name]}=` instead."
+            )
+    if kwargs:
+        raise TypeError(f"`ReflectionSeparationPipeline.__call__` got unexpected arguments {sorted(kwargs)}.")
+
 
 @dataclass
 class ReflectionSeparationPipelineOutput(BaseOutput):
@@ -1318,8 +1343,10 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         scheduler: any diffusers scheduler that steps on a model output.
         composition_net: the learned latent composition ``C``.
         default_denoising_steps, default_processing_resolution, default_disjoint_strength,
-        default_fgfm_strength, default_guidance_mode, default_guidance_scale, default_guidance_steps:
-            values used when the call leaves the matching argument as ``None``; saved with the model.
+        default_fgfm_strength, default_composition_guidance, default_composition_guidance_scale,
+        default_composition_guidance_steps: values used when the call leaves the matching argument as ``None``;
+            saved with the model (configs saved with the earlier ``default_guidance_mode``/``_scale``/``_steps``
+            keys load too, see :data:`RENAMED_CONFIG_KEYS`).
         cross_layer_attention: install CLSA on every self-attention (False gives the paper's baseline).
         min_input_size, max_input_size: accepted image side lengths in pixels.
         transmission_prompt, reflection_prompt: the two fixed prompts.
@@ -1342,9 +1369,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         default_processing_resolution: int = 960,
         default_disjoint_strength: float = 0.2,
         default_fgfm_strength: float = 0.8,
-        default_guidance_mode: str = "fast",
-        default_guidance_scale: float = 0.01,
-        default_guidance_steps: int = 1,
+        default_composition_guidance: str = "fast",
+        default_composition_guidance_scale: float = 0.01,
+        default_composition_guidance_steps: int = 1,
         cross_layer_attention: bool = True,
         min_input_size: int = 16,
         max_input_size: int = 8192,
@@ -1365,9 +1392,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             default_processing_resolution=default_processing_resolution,
             default_disjoint_strength=default_disjoint_strength,
             default_fgfm_strength=default_fgfm_strength,
-            default_guidance_mode=default_guidance_mode,
-            default_guidance_scale=default_guidance_scale,
-            default_guidance_steps=default_guidance_steps,
+            default_composition_guidance=default_composition_guidance,
+            default_composition_guidance_scale=default_composition_guidance_scale,
+            default_composition_guidance_steps=default_composition_guidance_steps,
             cross_layer_attention=cross_layer_attention,
             min_input_size=min_input_size,
             max_input_size=max_input_size,
@@ -1476,9 +1503,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         processing_resolution: int,
         disjoint_strength: float,
         fgfm_strength: float,
-        guidance_mode: str,
-        guidance_scale: float,
-        guidance_steps: int,
+        composition_guidance: str,
+        composition_guidance_scale: float,
+        composition_guidance_steps: int,
         batch_size: int,
         output_type: str,
         num_images: int,
@@ -1510,12 +1537,19 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             raise ValueError(f"`disjoint_strength` must be in [0, 1] (paper: 0.2), got {disjoint_strength!r}.")
         if not is_number(fgfm_strength) or not 0.0 <= fgfm_strength <= 2.0:
             raise ValueError(f"`fgfm_strength` must be in [0, 2] (paper: 0.8), got {fgfm_strength!r}.")
-        if guidance_mode not in (*GUIDANCE_MODES, "off"):
-            raise ValueError(f"`guidance_mode` must be one of 'fast', 'full', 'off' or None, got {guidance_mode!r}.")
-        if not is_number(guidance_scale) or not 0.0 <= guidance_scale <= 1.0:
-            raise ValueError(f"`guidance_scale` must be in [0, 1] (a relative step size), got {guidance_scale!r}.")
-        if not is_int(guidance_steps) or guidance_steps < 0:
-            raise ValueError(f"`guidance_steps` must be a non-negative integer, got {guidance_steps!r}.")
+        if composition_guidance not in (*GUIDANCE_MODES, "off"):
+            raise ValueError(
+                f"`composition_guidance` must be one of 'fast', 'full', 'off' or None, got {composition_guidance!r}."
+            )
+        if not is_number(composition_guidance_scale) or not 0.0 <= composition_guidance_scale <= 1.0:
+            raise ValueError(
+                f"`composition_guidance_scale` must be in [0, 1] (a relative step size), got "
+                f"{composition_guidance_scale!r}."
+            )
+        if not is_int(composition_guidance_steps) or composition_guidance_steps < 0:
+            raise ValueError(
+                f"`composition_guidance_steps` must be a non-negative integer, got {composition_guidance_steps!r}."
+            )
         if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
         if output_type not in ("pil", "np", "pt", "latent"):
@@ -1579,9 +1613,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         match_input_resolution: bool = True,
         disjoint_strength: float | None = None,
         fgfm_strength: float | None = None,
-        guidance_mode: str | None = None,
-        guidance_scale: float | None = None,
-        guidance_steps: int | None = None,
+        composition_guidance: str | None = None,
+        composition_guidance_scale: float | None = None,
+        composition_guidance_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         batch_size: int = 1,
         output_type: str = "pil",
@@ -1593,6 +1627,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         tile_overlap: int | None = None,
         guidance_checkpointing: bool = False,
         cuda_graphs: bool | None = None,
+        **kwargs,
     ) -> ReflectionSeparationPipelineOutput | tuple:
         """Separate each image into transmission and reflection.
 
@@ -1605,10 +1640,13 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             match_input_resolution: resize the outputs back to each input's size.
             disjoint_strength: ``k`` of disjoint sampling; 0 disables it.
             fgfm_strength: ``w`` of the FGFM decoder; 0 decodes with the plain VAE.
-            guidance_mode: ``"fast"`` (gradient through Tweedie and ``C``), ``"full"`` (through the UNet),
+            composition_guidance: latent-composition guidance: ``"fast"`` (gradient through Tweedie and ``C``),
+                ``"full"`` (through the UNet),
                 ``"off"``; ``None`` takes the config default.
-            guidance_scale: relative step size of the latent-composition guidance (see ``composition.py``).
-            guidance_steps: inner gradient steps per sampling step.
+            composition_guidance_scale: relative step size of the latent-composition guidance, in [0, 1] (see
+                ``composition.py``). Not classifier-free guidance: this pipeline has none (its prompts are fixed),
+                and ``guidance_scale=`` raises a ``TypeError`` naming this argument.
+            composition_guidance_steps: inner gradient steps of that guidance per sampling step.
             generator: one generator, or one per image (then results do not depend on ``batch_size``).
             batch_size: images denoised together (each image is two UNet rows).
             output_type: ``"pil"``, ``"np"`` (``NHWC``) or ``"pt"`` (``NCHW``), values in [0, 1]; or ``"latent"``:
@@ -1623,22 +1661,26 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                 tiles of this side, blended across ``tile_overlap`` pixels, so memory depends on the tile, not
                 the photo; each tile's two layers still run together. ``None`` processes whole images.
             tile_overlap: pixels shared by neighbouring tiles (default: a quarter of ``tile_size``).
-            guidance_checkpointing: in ``"full"`` guidance, recompute the UNet's activations in the backward pass
+            guidance_checkpointing: in ``"full"`` composition guidance, recompute the UNet's activations in the backward pass
                 instead of keeping them: less memory, one more forward per guidance step (SD 2.1 size at 960 px on an
                 H200: 3.2 instead of 6.9 GiB, 1.3-2x the time; ``benchmarks/results/``). Off by default.
             cuda_graphs: replay the denoising loop's UNet calls from CUDA graphs (captured on the first call of
                 each latent shape, kept for later calls); ``None`` (default) turns them on for CUDA devices without
                 CPU offload. ``False`` runs every call eagerly.
         """
+        check_renamed_arguments(kwargs)
         config = self.config
         num_inference_steps = num_inference_steps if num_inference_steps is not None else config.default_denoising_steps
         if processing_resolution is None:
             processing_resolution = config.default_processing_resolution
         disjoint_strength = disjoint_strength if disjoint_strength is not None else config.default_disjoint_strength
         fgfm_strength = fgfm_strength if fgfm_strength is not None else config.default_fgfm_strength
-        guidance_mode = guidance_mode if guidance_mode is not None else config.default_guidance_mode
-        guidance_scale = guidance_scale if guidance_scale is not None else config.default_guidance_scale
-        guidance_steps = guidance_steps if guidance_steps is not None else config.default_guidance_steps
+        if composition_guidance is None:
+            composition_guidance = config.default_composition_guidance
+        if composition_guidance_scale is None:
+            composition_guidance_scale = config.default_composition_guidance_scale
+        if composition_guidance_steps is None:
+            composition_guidance_steps = config.default_composition_guidance_steps
         max_input_size = max_input_size if max_input_size is not None else config.max_input_size
         if tile_overlap is None and isinstance(tile_size, int):
             tile_overlap = tile_size // 4
@@ -1652,9 +1694,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             processing_resolution,
             disjoint_strength,
             fgfm_strength,
-            guidance_mode,
-            guidance_scale,
-            guidance_steps,
+            composition_guidance,
+            composition_guidance_scale,
+            composition_guidance_steps,
             batch_size,
             output_type,
             len(tensors),
@@ -1689,8 +1731,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         # 2. Prompts (encoded once per call) and guidance.
         prompt_pair = self.encode_layer_prompts(device).to(self.unet.dtype)
         guidance = None
-        if guidance_mode != "off" and guidance_steps > 0 and guidance_scale > 0:
-            guidance = LatentCompositionGuidance(self.composition_net, guidance_scale, guidance_steps)
+        if composition_guidance != "off" and composition_guidance_steps > 0 and composition_guidance_scale > 0:
+            guidance = LatentCompositionGuidance(self.composition_net, composition_guidance_scale,
+                                                 composition_guidance_steps)
         sampler = DisjointSampling(self.scheduler)
 
         # 3. Preprocess; cut images larger than `tile_size` into overlapping tiles; batch the work units.
@@ -1712,7 +1755,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             # 5-6. Initial noise [T rows; R rows], then denoise.
             latents = self._denoise(
                 images, mixture_latents, prompt_embeds, num_inference_steps, generator, sampler, disjoint_strength,
-                guidance, guidance_mode, guidance_checkpointing, predict_noise, callback_on_step_end,
+                guidance, composition_guidance, guidance_checkpointing, predict_noise, callback_on_step_end,
                 callback_on_step_end_tensor_inputs,
             )
 
@@ -1964,6 +2007,17 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         """
 
         save_pipeline(self, save_directory, super().save_pretrained, **kwargs)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs):
+        """diffusers' ``extract_init_dict`` on a config whose :data:`RENAMED_CONFIG_KEYS` were renamed (a key of the
+        current name wins), so folders saved before the rename load with the same defaults."""
+        config_dict = dict(config_dict)
+        for old, new in RENAMED_CONFIG_KEYS.items():
+            if old in config_dict:
+                value = config_dict.pop(old)
+                config_dict.setdefault(new, value)
+        return super().extract_init_dict(config_dict, **kwargs)
 
     @classmethod
     def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
