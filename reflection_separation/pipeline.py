@@ -699,7 +699,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
 
     def _graphed_predict_noise(self) -> CUDAGraphed:
         """:meth:`predict_noise` through CUDA graphs kept on the pipeline (so later calls skip the capture);
-        new graphs when the UNet was replaced, moved or changed."""
+        new graphs when the UNet was replaced, moved, changed or compiled (see ``cuda_graphs.capture_signature``)."""
         graphed = getattr(self, "_cuda_graphed", None)
         if graphed is None or graphed.owner is not self.unet:
             graphed = self._cuda_graphed = CUDAGraphed(self.predict_noise, owner=self.unet)
