@@ -43,12 +43,18 @@ from reflection_separation.training import run_control_regressor
 MIN_REFLECTION = 1 / 255  # a channel's mean of the reflection in the mixture below which it is invisible
 MAX_DRAWS_PER_IMAGE = 4  # validation mixtures drawn per requested image, to replace those without reflection
 
+
+def _settings(disjoint_strength: float, composition_guidance: str, fgfm_strength: float) -> dict[str, Any]:
+    return {"disjoint_strength": disjoint_strength, "composition_guidance": composition_guidance,
+            "fgfm_strength": fgfm_strength}
+
+
 METHOD_ROWS: list[tuple[str, str, dict[str, Any]]] = [
-    ("baseline (fine-tune only)", "baseline", {"disjoint_strength": 0.0, "guidance_mode": "off", "fgfm_strength": 0.0}),
-    ("+CLSA", "main", {"disjoint_strength": 0.0, "guidance_mode": "off", "fgfm_strength": 0.0}),
-    ("+CLSA +latent guidance", "main", {"disjoint_strength": 0.0, "guidance_mode": "fast", "fgfm_strength": 0.0}),
-    ("full (+disjoint, +FGFM)", "main", {"disjoint_strength": 0.2, "guidance_mode": "fast", "fgfm_strength": 0.8}),
-    ("full without FGFM", "main", {"disjoint_strength": 0.2, "guidance_mode": "fast", "fgfm_strength": 0.0}),
+    ("baseline (fine-tune only)", "baseline", _settings(0.0, "off", 0.0)),
+    ("+CLSA", "main", _settings(0.0, "off", 0.0)),
+    ("+CLSA +latent guidance", "main", _settings(0.0, "fast", 0.0)),
+    ("full (+disjoint, +FGFM)", "main", _settings(0.2, "fast", 0.8)),
+    ("full without FGFM", "main", _settings(0.2, "fast", 0.0)),
 ]
 
 

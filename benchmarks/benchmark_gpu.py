@@ -7,7 +7,7 @@ Models (side by side in one JSON):
   small_model       our shipped small model, with `--model FOLDER` (skipped when not given or missing)
 In `--tiny` mode the first is the test suite's tiny model (`components.build_pipeline()`).
 
-Per model, the sections (in this order; `--only` picks some, `--compile` adds `compile`):
+Per model, the sections (in this order; `--only` picks some, `--compile` adds `compile` and `compile_after_call`):
   unet_step      one dual-branch UNet step (2 rows [T; R], prompts (2, 77, 1024)) at each resolution with plain
                  self-attention and with CLSA (also channels-last, and with fused QKV projections), eager and
                  replayed from a CUDA graph
@@ -23,6 +23,9 @@ Per model, the sections (in this order; `--only` picks some, `--compile` adds `c
   offload        a "fast" call at the largest resolution resident on the GPU and with `enable_model_cpu_offload`
   compile        torch.compile of the UNet: first-call (warm-up) seconds per shape, the CLSA step compiled and
                  compiled in a CUDA graph, and a "fast" pipeline call at the largest resolution with it
+  compile_after_call  a "fast" call at the largest resolution (pipeline defaults: CUDA graphs on CUDA) with the
+                 UNet compiled before the pipeline's first call and after it (the graphs captured from the eager
+                 UNet must be recaptured from the compiled one): both should take the same time
 With `--peers DIR`, a forward of RDNet and DSIT (random weights) runs first (`benchmarks/peers.py`).
 Before everything the bf16 matmul rate (8192^3) is measured; every figure with a FLOP count (FlopCounterMode: matmuls,
 convolutions and attention, not elementwise work) also gets `floor_ms = flops / matmul rate` and
@@ -79,8 +82,9 @@ GIB = 1024**3
 NEEDS_CUDA = {"skipped": "needs CUDA"}
 # Per-model sections in run order; `compile` is last because it compiles the UNet in place while it runs.
 SECTIONS = ("unet_step", "sdpa_backends", "guidance_step", "vae_decode", "profile", "pipeline", "tiled", "offload",
-            "compile")
-DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "compile")
+            "compile", "compile_after_call")
+COMPILE_SECTIONS = ("compile", "compile_after_call")
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in COMPILE_SECTIONS)
 GUIDANCE_MODES = ("off", "fast", "full")
 SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -399,7 +403,7 @@ class ModelBench:
                 image,
                 num_inference_steps=self.args.steps,
                 processing_resolution=resolution,
-                guidance_mode=mode,
+                composition_guidance=mode,
                 output_type="pt",
                 generator=torch.Generator().manual_seed(0),
                 cuda_graphs=cuda_graphs,
@@ -493,8 +497,42 @@ def section_compile(bench: ModelBench) -> dict[str, Any]:
                 pipeline["compiled_cuda_graph_unet"] = dict(NEEDS_CUDA)
             results["pipeline"] = pipeline
     finally:
-        unet._compiled_call_impl = None  # undoes `nn.Module.compile` (torch has no public call for this)
-        torch._dynamo.reset()
+        uncompile(unet)
+    return results
+
+
+def uncompile(unet: UNet2DConditionModel) -> None:
+    """Undo ``nn.Module.compile`` (torch has no public call for this) and forget dynamo's compiled graphs."""
+    unet._compiled_call_impl = None
+    torch._dynamo.reset()
+
+
+def section_compile_after_call(bench: ModelBench) -> dict[str, Any]:
+    """A "fast" call at the largest resolution, CUDA graphs as the pipeline defaults them, with the UNet compiled
+    (in place, as users do: ``pipe.unet.compile()``) before the pipeline's first call and after it. After a call
+    the pipeline holds graphs captured from the eager UNet; it must capture them again from the compiled one, so
+    the two orders should take the same time (before the fix, compiling after a call changed nothing)."""
+    args, runtime, pipe, unet = bench.args, bench.runtime, bench.pipe, bench.unet
+    largest = max(args.resolutions)
+    call = bench.pipeline_call(largest, "fast", cuda_graphs=None)
+    results: dict[str, Any] = {"resolution": largest, "guidance_mode": "fast", "steps": args.steps,
+                               "backend": args.compile_backend, "mode": args.compile_mode or "default"}
+    with attention_mode(unet, True):
+        for order in ("compiled_before_first_call", "compiled_after_first_call"):
+            pipe.release_cuda_graphs()
+            if order == "compiled_after_first_call":
+                call()  # the first call: on CUDA it captures graphs from the eager UNet
+            unet.compile(backend=args.compile_backend, mode=args.compile_mode, dynamic=False)
+            try:
+                first_s = runtime.time_ms(call) / 1e3  # compiles (and captures graphs from the compiled UNet)
+                results[order] = {"first_call_s": first_s,
+                                  **runtime.measure(call, warmup=0, repeats=args.pipeline_repeats)}
+                log(f"  {order}: warm-up {first_s:.1f} s, {results[order]['median_ms']:.1f} ms per call")
+            finally:
+                uncompile(unet)
+        pipe.release_cuda_graphs()
+    results["after_over_before"] = (results["compiled_after_first_call"]["median_ms"]
+                                    / results["compiled_before_first_call"]["median_ms"])
     return results
 
 
@@ -512,7 +550,7 @@ def section_guidance_step(bench: ModelBench) -> dict[str, Any]:
     sampler = DisjointSampling(pipe.scheduler)
     host_timestep = int(timestep)  # as the pipeline does: noise-level lookups on the host, no sync per step
     strength = pipe.config.default_disjoint_strength
-    guidance = LatentCompositionGuidance(pipe.composition_net, pipe.config.default_guidance_scale, steps=1)
+    guidance = LatentCompositionGuidance(pipe.composition_net, pipe.config.default_composition_guidance_scale, steps=1)
 
     def sampling_step(mode: str, checkpointing: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """What the pipeline does in one step before the scheduler step (``mode="off"``: no guidance)."""
@@ -675,7 +713,7 @@ def section_tiled(bench: ModelBench) -> dict[str, Any]:
     flops = tiles * tile_flops
     results: dict[str, Any] = {
         "image_size": size, "tile_size": tile, "tile_overlap": overlap, "tiles": tiles, "steps": args.steps,
-        "guidance_mode": pipe.config.default_guidance_mode, "flops_estimated_as_tiles_x_one_tile": flops,
+        "guidance_mode": pipe.config.default_composition_guidance, "flops_estimated_as_tiles_x_one_tile": flops,
         "eager": runtime.measure(lambda: call(image, args.steps), flops, warmup=0, repeats=1),
     }
     if runtime.is_cuda:
@@ -758,6 +796,7 @@ SECTION_FUNCTIONS: dict[str, Callable[[ModelBench], dict[str, Any]]] = {
     "tiled": section_tiled,
     "offload": section_offload,
     "compile": section_compile,
+    "compile_after_call": section_compile_after_call,
 }
 
 
@@ -1019,7 +1058,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peers", type=Path, metavar="DIR", help="folder with clones of the peers' code (RDNet/, "
                         "DSIT/; see benchmarks/peers.py): adds a forward of each at the largest resolution")
     parser.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all but compile)")
-    parser.add_argument("--compile", action="store_true", help="add the torch.compile section")
+    parser.add_argument("--compile", action="store_true", help="add the torch.compile sections")
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode (default: its default mode)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="bf16 (default; fp32 with --tiny)")
@@ -1046,7 +1085,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     chosen = {s.strip() for s in args.only.split(",")} if args.only else set(DEFAULT_SECTIONS)
-    chosen |= {"compile"} if args.compile else set()
+    chosen |= set(COMPILE_SECTIONS) if args.compile else set()
     if chosen - set(SECTIONS):
         parser.error(f"unknown sections {sorted(chosen - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
     args.sections = [s for s in SECTIONS if s in chosen]

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "threads": args.threads,
             "processing_resolution": pipe.config.default_processing_resolution,
             "num_inference_steps": pipe.config.default_denoising_steps,
-            "guidance_mode": pipe.config.default_guidance_mode,
+            "composition_guidance": pipe.config.default_composition_guidance,
             "disjoint_strength": pipe.config.default_disjoint_strength,
             "fgfm_strength": pipe.config.default_fgfm_strength,
         },

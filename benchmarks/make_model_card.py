@@ -171,8 +171,8 @@ def cpu_section(path: Path) -> str:
         f"## CPU time ({_shown(path)})\n\n"
         f"{report['description']} {report['median_seconds']:.1f} s (median of {len(report['seconds'])}) on "
         f"{settings['threads']} threads of an {report['cpu']}, torch {report['versions']['torch']}: "
-        f"{settings['processing_resolution']} px, {settings['num_inference_steps']} steps, guidance "
-        f"{settings['guidance_mode']}. Made by `benchmarks/cpu_timing.py`.\n"
+        f"{settings['processing_resolution']} px, {settings['num_inference_steps']} steps, composition guidance "
+        f"{settings['composition_guidance']}. Made by `benchmarks/cpu_timing.py`.\n"
     )
 
 

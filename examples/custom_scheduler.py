@@ -43,9 +43,9 @@ def main() -> None:
             image,
             num_inference_steps=args.steps,
             disjoint_strength=0.2,  # k: pushes the two layers' noise estimates apart (0 turns it off)
-            guidance_mode="fast",  # latent-composition guidance: "fast", "full" (through the UNet) or "off"
-            guidance_scale=0.01,  # relative step size of that guidance
-            guidance_steps=1,  # its gradient steps per sampling step
+            composition_guidance="fast",  # latent-composition guidance: "fast", "full" (through the UNet) or "off"
+            composition_guidance_scale=0.01,  # relative step size of that guidance
+            composition_guidance_steps=1,  # its gradient steps per sampling step
             fgfm_strength=0.8,  # w: how much the decoder uses the photo's own features (0 = plain VAE)
             generator=torch.Generator().manual_seed(args.seed),
         )

@@ -10,8 +10,8 @@ and sends no usage analytics (``GRADIO_ANALYTICS_ENABLED=False`` unless you set 
 is loaded once and runs one request at a time; other requests wait in Gradio's queue.
 
 ``build_demo(pipe)`` builds the interface around any loaded ``ReflectionSeparationPipeline`` (the tests use a
-tiny one); its endpoint ``/separate`` takes ``(image, steps, disjoint_strength, fgfm_strength, guidance_mode,
-guidance_scale, processing_resolution, seed)`` and returns ``(transmission, reflection, before_after, info)``.
+tiny one); its endpoint ``/separate`` takes ``(image, steps, disjoint_strength, fgfm_strength, composition_guidance,
+composition_guidance_scale, processing_resolution, seed)`` and returns ``(transmission, reflection, before_after, info)``.
 """
 
 from __future__ import annotations
@@ -198,8 +198,8 @@ def make_separate_fn(pipe):
         num_inference_steps,
         disjoint_strength,
         fgfm_strength,
-        guidance_mode,
-        guidance_scale,
+        composition_guidance,
+        composition_guidance_scale,
         processing_resolution,
         seed,
         progress=gr.Progress(),  # noqa: B008 - the Gradio idiom for a progress tracker
@@ -213,8 +213,10 @@ def make_separate_fn(pipe):
         ):
             if value is None or not float(value).is_integer():
                 raise _user_error(f"{name} must be a whole number, got {value!r}.")
-        if guidance_mode not in GUIDANCE_CHOICES:
-            raise _user_error(f"Guidance must be one of {', '.join(GUIDANCE_CHOICES)}, got {guidance_mode!r}.")
+        if composition_guidance not in GUIDANCE_CHOICES:
+            raise _user_error(
+                f"Guidance must be one of {', '.join(GUIDANCE_CHOICES)}, got {composition_guidance!r}."
+            )
         steps, resolution, seed = int(num_inference_steps), int(processing_resolution), int(seed)
         if not 0 <= seed < 2**63:
             raise _user_error(f"Seed must be between 0 and 2^63 - 1, got {seed}.")
@@ -233,8 +235,8 @@ def make_separate_fn(pipe):
                     processing_resolution=resolution,
                     disjoint_strength=float(disjoint_strength),
                     fgfm_strength=float(fgfm_strength),
-                    guidance_mode=guidance_mode,
-                    guidance_scale=float(guidance_scale),
+                    composition_guidance=composition_guidance,
+                    composition_guidance_scale=float(composition_guidance_scale),
                     generator=torch.Generator(device="cpu").manual_seed(seed),
                     output_type="pil",
                     callback_on_step_end=on_step,
@@ -252,8 +254,8 @@ def make_separate_fn(pipe):
         comparison = (before, transmission) if HAS_IMAGE_SLIDER else _side_by_side(before, transmission)
         info = (
             f"{image.width}x{image.height} px in {elapsed:.1f} s on {pipe.device} - {steps} steps, "
-            f"k={float(disjoint_strength):g}, w={float(fgfm_strength):g}, guidance {guidance_mode}"
-            f" (scale {float(guidance_scale):g}), processing resolution {resolution or 'native'}, seed {seed}."
+            f"k={float(disjoint_strength):g}, w={float(fgfm_strength):g}, guidance {composition_guidance}"
+            f" (scale {float(composition_guidance_scale):g}), processing resolution {resolution or 'native'}, seed {seed}."
         )
         return transmission, reflection, comparison, info
 
@@ -273,8 +275,8 @@ def build_demo(pipe, examples: Sequence[tuple[str, Image.Image]] | None = None) 
     default_resolution = int(_default(config.get("default_processing_resolution"), 960))
     default_k = float(_default(config.get("default_disjoint_strength"), 0.2))
     default_w = float(_default(config.get("default_fgfm_strength"), 0.8))
-    default_mode = _default(config.get("default_guidance_mode"), "fast")
-    default_scale = float(_default(config.get("default_guidance_scale"), 0.01))
+    default_mode = _default(config.get("default_composition_guidance"), "fast")
+    default_scale = float(_default(config.get("default_composition_guidance_scale"), 0.01))
     multiple = int(getattr(getattr(pipe, "image_processor", None), "size_multiple", 64))
     resolution_step = math.gcd(multiple, default_resolution) if default_resolution else multiple
     min_size = int(_default(config.get("min_input_size"), 16))

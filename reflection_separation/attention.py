@@ -7,7 +7,10 @@ values of both layers:
 
 Because both branches attend to the same joined keys, CLSA for one image is a single ordinary
 attention over the joined token sequence: queries ``[Q^T; Q^R]`` (2N tokens) against keys
-``[K^T; K^R]`` (2N tokens). This module implements it as one fused SDPA call per block.
+``[K^T; K^R]`` (2N tokens). This module implements it as one fused SDPA call per block, or, with attention
+slicing (``pipe.enable_attention_slicing()``), as one SDPA call per slice of ``slice_size`` (image, head) rows,
+diffusers' slicing convention: where SDPA materializes the scores (its math kernel, e.g. on CPU) the largest
+score tensor shrinks from ``B * heads`` to ``slice_size`` rows of ``2N x 2N``.
 
 Batch convention (used everywhere in this package): a UNet batch of ``2B`` rows holds the
 transmission branch in rows ``[0, B)`` and the reflection branch in rows ``[B, 2B)``; row ``b`` of
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0, SlicedAttnProcessor
 
 
 def join_layers(hidden_states: torch.Tensor) -> torch.Tensor:
@@ -50,7 +53,16 @@ class CrossLayerAttnProcessor:
     It refuses cross-attention (``encoder_hidden_states`` given), attention masks and odd batches,
     since each of these would make the pairing of the two layers ambiguous.
     Fused QKV projections (``unet.fuse_qkv_projections()``) are supported.
+
+    Args:
+        slice_size: attend ``slice_size`` (image, head) rows at a time, as diffusers' ``SlicedAttnProcessor``
+            does; ``None`` runs all rows in one call. The result is the same up to float rounding.
     """
+
+    def __init__(self, slice_size: int | None = None) -> None:
+        if slice_size is not None and (not isinstance(slice_size, int) or slice_size < 1):
+            raise ValueError(f"`slice_size` must be None or a positive integer, got {slice_size!r}.")
+        self.slice_size = slice_size
 
     def __call__(
         self,
@@ -94,7 +106,7 @@ class CrossLayerAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False, scale=attn.scale)
+        out = self.attend(query, key, value, attn.scale)
         out = out.transpose(1, 2).reshape(pairs, 2 * tokens, attn.heads * head_dim).to(query.dtype)
         out = split_layers(out)
 
@@ -106,16 +118,38 @@ class CrossLayerAttnProcessor:
             out = out + residual
         return out / attn.rescale_output_factor
 
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+        """SDPA over ``(pairs, heads, tokens, head_dim)``, in slices of ``slice_size`` (pair, head) rows if set."""
+        if self.slice_size is None:
+            return F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False, scale=scale)
+        shape = query.shape
+        query, key, value = (t.flatten(0, 1)[None] for t in (query, key, value))  # 4D keeps SDPA's fused kernels
+        rows = range(0, shape[0] * shape[1], self.slice_size)
+        out = torch.cat([
+            F.scaled_dot_product_attention(
+                query[:, start : start + self.slice_size], key[:, start : start + self.slice_size],
+                value[:, start : start + self.slice_size], dropout_p=0.0, is_causal=False, scale=scale,
+            )
+            for start in rows
+        ], dim=1)
+        return out.view(shape)
+
 
 def set_cross_layer_attention(unet: torch.nn.Module, enabled: bool = True) -> None:
-    """Install CLSA on every self-attention (``attn1``) of ``unet``, or plain SDPA when ``enabled=False``.
+    """Install CLSA on every self-attention (``attn1``) of ``unet``, or plain attention when ``enabled=False``.
 
-    Cross-attention to the prompt (``attn2``) keeps its current processor, so it stays per branch.
+    Each self-attention keeps the slice size of its current processor (``None`` unless attention slicing is on):
+    sliced CLSA, or diffusers' ``SlicedAttnProcessor`` when disabled. Cross-attention to the prompt (``attn2``)
+    keeps its current processor, so it stays per branch.
     """
     processors = {}
     for name, processor in unet.attn_processors.items():
         if name.endswith("attn1.processor"):
-            processors[name] = CrossLayerAttnProcessor() if enabled else AttnProcessor2_0()
+            slice_size = getattr(processor, "slice_size", None)
+            if enabled:
+                processors[name] = CrossLayerAttnProcessor(slice_size)
+            else:
+                processors[name] = AttnProcessor2_0() if slice_size is None else SlicedAttnProcessor(slice_size)
         else:
             processors[name] = processor
     unet.set_attn_processor(processors)

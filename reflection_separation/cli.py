@@ -40,7 +40,7 @@ examples:
       every image under shots/ (recursively); shots/a/b.jpg -> separated/a/b_transmission.png, ...
   reflection-separation separate "shots/**/*.png" other.jpg -o out/ --model ./my-model
       glob patterns are expanded by the tool, so quote them; mix files, folders and patterns
-  reflection-separation separate shots/ -o out/ --steps 20 --resolution 768 --guidance off
+  reflection-separation separate shots/ -o out/ --steps 20 --resolution 768 --composition-guidance off
       faster and lighter; run the same command again to resume a stopped batch
 
 outputs:
@@ -403,8 +403,8 @@ def run_separate(args: argparse.Namespace) -> int:
             "tile_size": args.tile_size,
             "disjoint_strength": args.disjoint_strength,
             "fgfm_strength": args.fgfm_strength,
-            "guidance_mode": args.guidance,
-            "guidance_scale": args.guidance_scale,
+            "composition_guidance": args.composition_guidance,
+            "composition_guidance_scale": args.composition_guidance_scale,
             "cuda_graphs": False if args.no_cuda_graphs else None,
         }
         call_kwargs = {key: value for key, value in call_kwargs.items() if value is not None}
@@ -533,10 +533,14 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help="weights dtype (default: float32); float16 is refused on CPU, bfloat16 works there",
     )
     parser.add_argument(
-        "--guidance", choices=("off", "fast", "full"), help="latent-composition guidance (default: the model's)"
+        "--composition-guidance",
+        choices=("off", "fast", "full"),
+        help="latent-composition guidance (default: the model's)",
     )
     parser.add_argument(
-        "--guidance-scale", type=_float_in(0.0, 1.0), help="relative guidance step size (default: the model's)"
+        "--composition-guidance-scale",
+        type=_float_in(0.0, 1.0),
+        help="relative step size of the latent-composition guidance (default: the model's)",
     )
     parser.add_argument(
         "--disjoint-strength",

@@ -7,11 +7,11 @@ latents down the gradient of ``L_comp`` (paper, Sec. "Test-time Latent Synthesis
 
     z_t <- z_t - gamma_i ||z_t|| grad_{z_t} L_comp
 
-The paper leaves ``gamma_i`` open. We choose ``gamma_i = guidance_scale * sqrt(1 - a_t) / ||grad||``
-per image and branch: every inner iteration moves a latent by ``guidance_scale * sqrt(1 - a_t)`` of its
-own norm along the steepest descent direction. That is independent of resolution and of the scale of
-``C``, strongest at noisy steps and vanishing at the end of sampling so the final latent is not pushed
-off the data manifold. ``L_comp`` is the per-image mean squared error; images never share a gradient.
+The paper leaves ``gamma_i`` open. We choose ``gamma_i = scale * sqrt(1 - a_t) / ||grad||`` (``scale`` is the
+pipeline's ``composition_guidance_scale``) per image and branch: every inner iteration moves a latent by
+``scale * sqrt(1 - a_t)`` of its own norm along the steepest descent direction. That is independent of resolution
+and of the scale of ``C``, strongest at noisy steps and vanishing at the end of sampling so the final latent is not
+pushed off the data manifold. ``L_comp`` is the per-image mean squared error; images never share a gradient.
 
 All latents here are scaled latents (``E(x) * scaling_factor``), the space the UNet works in.
 This file imports only torch and diffusers, so it can be copied next to a saved pipeline.

@@ -4,7 +4,9 @@ At 512 px a dual-branch step of the Stable Diffusion 2.1 UNet is bound by kernel
 H200 in bf16 the CLSA step takes 26.4 ms eager and 12.3 ms replayed from a graph, and a 50-step call 2.07 s eager
 and 0.71 s with its UNet calls graphed (``benchmarks/results/h200_benchmark.json``). One graph is captured per
 input shape on the first call with that shape and replayed afterwards; calls with gradients enabled (the "full"
-guidance) run eagerly.
+guidance) run eagerly. Graphs are captured again when the UNet's weights, attention processors or the way it is
+called change (``unet.compile()`` before or after a first call, a recompile, ``torch.compile(unet)``): a graph
+replays the kernels of the forward it was captured from.
 """
 
 from __future__ import annotations
@@ -14,6 +16,19 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+
+def forward_signature(module: nn.Module) -> tuple:
+    """How calling ``module`` runs: its class (``torch.compile(module)`` wraps it in an ``OptimizedModule``), the
+    compiled call that ``module.compile()`` installs (a new one on every compile) and an instance ``forward``
+    override. Held as objects, not ids, so a freed function's reused id cannot match."""
+    return type(module), getattr(module, "_compiled_call_impl", None), module.__dict__.get("forward")
+
+
+def capture_signature(module: nn.Module) -> tuple:
+    """Everything a graph captured from ``module`` depends on besides its inputs: weights and processors
+    (:func:`weights_signature`) and the forward that ran (:func:`forward_signature`)."""
+    return weights_signature(module), forward_signature(module)
 
 
 def weights_signature(module: nn.Module) -> tuple:
@@ -28,8 +43,8 @@ class CUDAGraphed:
     """Calls ``fn`` (tensors in, one tensor out) through CUDA graphs, one per input shapes, at most ``max_graphs``.
 
     Inputs are copied into static buffers before each replay and the output is cloned, so callers may keep it.
-    ``owner`` is the module ``fn`` runs: when its :func:`weights_signature` changes, the graphs are dropped and
-    captured again, so a graph never reads weights that moved. Calls with gradients enabled run ``fn`` eagerly.
+    ``owner`` is the module ``fn`` runs: when its :func:`capture_signature` changes, the graphs are dropped and
+    captured again, so a graph never reads weights that moved nor replays a forward that was replaced (compiled). Calls with gradients enabled run ``fn`` eagerly.
     """
 
     def __init__(
@@ -59,11 +74,11 @@ class CUDAGraphed:
         return static_output.clone()
 
     def check_owner(self) -> None:
-        """Drop the graphs if the owner's weights or processors changed since they were captured (once per call
-        of the pipeline: it walks all parameters)."""
+        """Drop the graphs if the owner's weights, processors or forward changed since they were captured (once per
+        call of the pipeline: it walks all parameters)."""
         if self.owner is None:
             return
-        signature = weights_signature(self.owner)
+        signature = capture_signature(self.owner)
         if signature != self.signature:
             self.release()
             self.signature = signature

@@ -171,7 +171,8 @@ class ReflectionImageProcessor:
 
     @staticmethod
     def to_output(images: list[torch.Tensor], output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
-        """``(3, H, W)`` tensors in [0, 1] -> PIL list, ``NHWC`` numpy array or ``NCHW`` tensor."""
+        """``(3, H, W)`` tensors in [0, 1] -> PIL list, ``NHWC`` numpy array or ``NCHW`` tensor (``"pt"``, and
+        ``"latent"`` for latents, stacked as they are)."""
         if output_type == "pil":
             return [
                 PIL.Image.fromarray((image.permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8))
@@ -183,6 +184,6 @@ class ReflectionImageProcessor:
                 "`output_type='pil'` or call the pipeline once per size."
             )
         stacked = torch.stack(images)
-        if output_type == "pt":
+        if output_type in ("pt", "latent"):
             return stacked
         return stacked.permute(0, 2, 3, 1).cpu().numpy()

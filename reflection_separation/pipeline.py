@@ -42,6 +42,31 @@ from .vae import FGFMAutoencoderKL
 TRANSMISSION_PROMPT = "Transmission"
 REFLECTION_PROMPT = "Reflection"
 
+RENAMED_ARGUMENTS = {
+    "guidance_mode": "composition_guidance",
+    "guidance_scale": "composition_guidance_scale",
+    "guidance_steps": "composition_guidance_steps",
+}
+"""Call arguments renamed so that the latent-composition guidance's names say "composition": ``guidance_scale`` is
+classifier-free guidance everywhere else in diffusers."""
+
+RENAMED_CONFIG_KEYS = {f"default_{old}": f"default_{new}" for old, new in RENAMED_ARGUMENTS.items()}
+"""The matching config keys: folders saved with the old keys load with them mapped to the new ones."""
+
+
+def check_renamed_arguments(kwargs: dict[str, Any]) -> None:
+    """Refuse call arguments the pipeline does not take, naming the new name of a renamed one."""
+    for name in kwargs:
+        if name in RENAMED_ARGUMENTS:
+            note = (" (`guidance_scale` is classifier-free guidance in diffusers; this pipeline has none, its prompts "
+                    "are fixed)") if name == "guidance_scale" else ""
+            raise TypeError(
+                f"`{name}` was renamed `{RENAMED_ARGUMENTS[name]}`: the latent-composition guidance{note}. Pass "
+                f"`{RENAMED_ARGUMENTS[name]}=` instead."
+            )
+    if kwargs:
+        raise TypeError(f"`ReflectionSeparationPipeline.__call__` got unexpected arguments {sorted(kwargs)}.")
+
 
 @dataclass
 class ReflectionSeparationPipelineOutput(BaseOutput):
@@ -50,8 +75,12 @@ class ReflectionSeparationPipelineOutput(BaseOutput):
     Args:
         transmission: the scene behind the glass, one per input image: a list of PIL images, an ``NHWC``
             numpy array or an ``NCHW`` tensor, values in [0, 1], each in its input's size when
-            ``match_input_resolution`` is set.
-        reflection: the reflection as it appears in the photo, same format.
+            ``match_input_resolution`` is set. With ``output_type="latent"``: the transmission's final latents,
+            undecoded, ``(N, latent_channels, h, w)`` in the UNet's latent space (scaled by the VAE's
+            ``scaling_factor``, of the padded image at the processing resolution); decode them with
+            :meth:`ReflectionSeparationPipeline.decode_latents`.
+        reflection: the reflection as it appears in the photo, same format (its final latents with
+            ``output_type="latent"``).
     """
 
     transmission: list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -92,8 +121,10 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         scheduler: any diffusers scheduler that steps on a model output.
         composition_net: the learned latent composition ``C``.
         default_denoising_steps, default_processing_resolution, default_disjoint_strength,
-        default_fgfm_strength, default_guidance_mode, default_guidance_scale, default_guidance_steps:
-            values used when the call leaves the matching argument as ``None``; saved with the model.
+        default_fgfm_strength, default_composition_guidance, default_composition_guidance_scale,
+        default_composition_guidance_steps: values used when the call leaves the matching argument as ``None``;
+            saved with the model (configs saved with the earlier ``default_guidance_mode``/``_scale``/``_steps``
+            keys load too, see :data:`RENAMED_CONFIG_KEYS`).
         cross_layer_attention: install CLSA on every self-attention (False gives the paper's baseline).
         min_input_size, max_input_size: accepted image side lengths in pixels.
         transmission_prompt, reflection_prompt: the two fixed prompts.
@@ -116,9 +147,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         default_processing_resolution: int = 960,
         default_disjoint_strength: float = 0.2,
         default_fgfm_strength: float = 0.8,
-        default_guidance_mode: str = "fast",
-        default_guidance_scale: float = 0.01,
-        default_guidance_steps: int = 1,
+        default_composition_guidance: str = "fast",
+        default_composition_guidance_scale: float = 0.01,
+        default_composition_guidance_steps: int = 1,
         cross_layer_attention: bool = True,
         min_input_size: int = 16,
         max_input_size: int = 8192,
@@ -139,9 +170,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             default_processing_resolution=default_processing_resolution,
             default_disjoint_strength=default_disjoint_strength,
             default_fgfm_strength=default_fgfm_strength,
-            default_guidance_mode=default_guidance_mode,
-            default_guidance_scale=default_guidance_scale,
-            default_guidance_steps=default_guidance_steps,
+            default_composition_guidance=default_composition_guidance,
+            default_composition_guidance_scale=default_composition_guidance_scale,
+            default_composition_guidance_steps=default_composition_guidance_steps,
             cross_layer_attention=cross_layer_attention,
             min_input_size=min_input_size,
             max_input_size=max_input_size,
@@ -197,6 +228,18 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ helpers
 
+    def set_attention_slice(self, slice_size: int | str | None) -> None:
+        """Behind diffusers' ``enable_attention_slicing(slice_size)`` / ``disable_attention_slicing()``: the UNet
+        picks each layer's slice size as in diffusers (``"auto"``: half the heads, ``"max"``: one, an int, ``None``:
+        off), then CLSA is reinstalled on the self-attentions with those sizes (sliced joined attention), so the
+        layers keep attending to each other. Cross-attention to the prompt uses diffusers' sliced processor.
+        ``"auto"`` slices layers with a single head in one slice (diffusers would ask for slices of 0 heads)."""
+        if slice_size == "auto":
+            sliceable = [m for m in self.unet.modules() if m is not self.unet and hasattr(m, "set_attention_slice")]
+            slice_size = [max(module.sliceable_head_dim // 2, 1) for module in sliceable]
+        super().set_attention_slice(slice_size)
+        set_cross_layer_attention(self.unet, self.config.cross_layer_attention)
+
     @torch.no_grad()
     def encode_layer_prompts(self, device: torch.device | None = None) -> torch.Tensor:
         """Embeddings of the transmission and reflection prompts, shape ``(2, tokens, dim)``."""
@@ -238,9 +281,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         processing_resolution: int,
         disjoint_strength: float,
         fgfm_strength: float,
-        guidance_mode: str,
-        guidance_scale: float,
-        guidance_steps: int,
+        composition_guidance: str,
+        composition_guidance_scale: float,
+        composition_guidance_steps: int,
         batch_size: int,
         output_type: str,
         num_images: int,
@@ -272,16 +315,28 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             raise ValueError(f"`disjoint_strength` must be in [0, 1] (paper: 0.2), got {disjoint_strength!r}.")
         if not is_number(fgfm_strength) or not 0.0 <= fgfm_strength <= 2.0:
             raise ValueError(f"`fgfm_strength` must be in [0, 2] (paper: 0.8), got {fgfm_strength!r}.")
-        if guidance_mode not in (*GUIDANCE_MODES, "off"):
-            raise ValueError(f"`guidance_mode` must be one of 'fast', 'full', 'off' or None, got {guidance_mode!r}.")
-        if not is_number(guidance_scale) or not 0.0 <= guidance_scale <= 1.0:
-            raise ValueError(f"`guidance_scale` must be in [0, 1] (a relative step size), got {guidance_scale!r}.")
-        if not is_int(guidance_steps) or guidance_steps < 0:
-            raise ValueError(f"`guidance_steps` must be a non-negative integer, got {guidance_steps!r}.")
+        if composition_guidance not in (*GUIDANCE_MODES, "off"):
+            raise ValueError(
+                f"`composition_guidance` must be one of 'fast', 'full', 'off' or None, got {composition_guidance!r}."
+            )
+        if not is_number(composition_guidance_scale) or not 0.0 <= composition_guidance_scale <= 1.0:
+            raise ValueError(
+                f"`composition_guidance_scale` must be in [0, 1] (a relative step size), got "
+                f"{composition_guidance_scale!r}."
+            )
+        if not is_int(composition_guidance_steps) or composition_guidance_steps < 0:
+            raise ValueError(
+                f"`composition_guidance_steps` must be a non-negative integer, got {composition_guidance_steps!r}."
+            )
         if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', got {output_type!r}.")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent', got {output_type!r}.")
+        if output_type == "latent" and tile_size is not None:
+            raise ValueError(
+                "`output_type='latent'` returns each image's final latents, which tiled images do not have as one "
+                "tensor; pass `tile_size=None` or another `output_type`."
+            )
         if isinstance(generator, list):
             if len(generator) != num_images:
                 raise ValueError(
@@ -336,9 +391,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         match_input_resolution: bool = True,
         disjoint_strength: float | None = None,
         fgfm_strength: float | None = None,
-        guidance_mode: str | None = None,
-        guidance_scale: float | None = None,
-        guidance_steps: int | None = None,
+        composition_guidance: str | None = None,
+        composition_guidance_scale: float | None = None,
+        composition_guidance_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         batch_size: int = 1,
         output_type: str = "pil",
@@ -350,6 +405,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         tile_overlap: int | None = None,
         guidance_checkpointing: bool = False,
         cuda_graphs: bool | None = None,
+        **kwargs,
     ) -> ReflectionSeparationPipelineOutput | tuple:
         """Separate each image into transmission and reflection.
 
@@ -362,14 +418,19 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             match_input_resolution: resize the outputs back to each input's size.
             disjoint_strength: ``k`` of disjoint sampling; 0 disables it.
             fgfm_strength: ``w`` of the FGFM decoder; 0 decodes with the plain VAE.
-            guidance_mode: ``"fast"`` (gradient through Tweedie and ``C``), ``"full"`` (through the UNet),
+            composition_guidance: latent-composition guidance: ``"fast"`` (gradient through Tweedie and ``C``),
+                ``"full"`` (through the UNet),
                 ``"off"``; ``None`` takes the config default.
-            guidance_scale: relative step size of the latent-composition guidance (see ``composition.py``).
-            guidance_steps: inner gradient steps per sampling step.
+            composition_guidance_scale: relative step size of the latent-composition guidance, in [0, 1] (see
+                ``composition.py``). Not classifier-free guidance: this pipeline has none (its prompts are fixed),
+                and ``guidance_scale=`` raises a ``TypeError`` naming this argument.
+            composition_guidance_steps: inner gradient steps of that guidance per sampling step.
             generator: one generator, or one per image (then results do not depend on ``batch_size``).
             batch_size: images denoised together (each image is two UNet rows).
-            output_type: ``"pil"``, ``"np"`` (``NHWC``) or ``"pt"`` (``NCHW``), values in [0, 1].
-            return_dict: return a :class:`ReflectionSeparationPipelineOutput` instead of a tuple.
+            output_type: ``"pil"``, ``"np"`` (``NHWC``) or ``"pt"`` (``NCHW``), values in [0, 1]; or ``"latent"``:
+                both layers' final latents, undecoded (images of one size, no tiles; the VAE decoder does not run).
+            return_dict: return a :class:`ReflectionSeparationPipelineOutput` instead of a tuple
+                ``(transmission, reflection)``.
             callback_on_step_end: called as ``callback(pipe, step, timestep, callback_kwargs)`` after each
                 scheduler step; may return replacements for ``latents``.
             callback_on_step_end_tensor_inputs: names from ``_callback_tensor_inputs`` passed to the callback.
@@ -378,22 +439,26 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                 tiles of this side, blended across ``tile_overlap`` pixels, so memory depends on the tile, not
                 the photo; each tile's two layers still run together. ``None`` processes whole images.
             tile_overlap: pixels shared by neighbouring tiles (default: a quarter of ``tile_size``).
-            guidance_checkpointing: in ``"full"`` guidance, recompute the UNet's activations in the backward pass
+            guidance_checkpointing: in ``"full"`` composition guidance, recompute the UNet's activations in the backward pass
                 instead of keeping them: less memory, one more forward per guidance step (SD 2.1 size at 960 px on an
                 H200: 3.2 instead of 6.9 GiB, 1.3-2x the time; ``benchmarks/results/``). Off by default.
             cuda_graphs: replay the denoising loop's UNet calls from CUDA graphs (captured on the first call of
                 each latent shape, kept for later calls); ``None`` (default) turns them on for CUDA devices without
                 CPU offload. ``False`` runs every call eagerly.
         """
+        check_renamed_arguments(kwargs)
         config = self.config
         num_inference_steps = num_inference_steps if num_inference_steps is not None else config.default_denoising_steps
         if processing_resolution is None:
             processing_resolution = config.default_processing_resolution
         disjoint_strength = disjoint_strength if disjoint_strength is not None else config.default_disjoint_strength
         fgfm_strength = fgfm_strength if fgfm_strength is not None else config.default_fgfm_strength
-        guidance_mode = guidance_mode if guidance_mode is not None else config.default_guidance_mode
-        guidance_scale = guidance_scale if guidance_scale is not None else config.default_guidance_scale
-        guidance_steps = guidance_steps if guidance_steps is not None else config.default_guidance_steps
+        if composition_guidance is None:
+            composition_guidance = config.default_composition_guidance
+        if composition_guidance_scale is None:
+            composition_guidance_scale = config.default_composition_guidance_scale
+        if composition_guidance_steps is None:
+            composition_guidance_steps = config.default_composition_guidance_steps
         max_input_size = max_input_size if max_input_size is not None else config.max_input_size
         if tile_overlap is None and isinstance(tile_size, int):
             tile_overlap = tile_size // 4
@@ -407,9 +472,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             processing_resolution,
             disjoint_strength,
             fgfm_strength,
-            guidance_mode,
-            guidance_scale,
-            guidance_steps,
+            composition_guidance,
+            composition_guidance_scale,
+            composition_guidance_steps,
             batch_size,
             output_type,
             len(tensors),
@@ -422,9 +487,10 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         if config.cross_layer_attention and not uses_cross_layer_attention(self.unet):
             raise ValueError(
                 "The UNet's self-attention no longer runs cross-layer self-attention (CLSA): its processors were "
-                "replaced (for example by `unet.fuse_qkv_projections()` or `unet.set_attn_processor(...)`), so the "
-                "two layers would be denoised without seeing each other. Reinstall it with "
-                "`reflection_separation.set_cross_layer_attention(pipe.unet)` (fused projections are supported)."
+                "replaced (for example by `unet.fuse_qkv_projections()`, `unet.set_attn_processor(...)` or "
+                "`unet.set_attention_slice(...)`), so the two layers would be denoised without seeing each other. "
+                "Reinstall it with `reflection_separation.set_cross_layer_attention(pipe.unet)` (fused projections "
+                "are supported); for attention slicing use `pipe.enable_attention_slicing()`, which keeps CLSA."
             )
         device = self._execution_device
         if isinstance(generator, torch.Generator) or isinstance(generator, list):
@@ -443,31 +509,17 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         # 2. Prompts (encoded once per call) and guidance.
         prompt_pair = self.encode_layer_prompts(device).to(self.unet.dtype)
         guidance = None
-        if guidance_mode != "off" and guidance_steps > 0 and guidance_scale > 0:
-            guidance = LatentCompositionGuidance(self.composition_net, guidance_scale, guidance_steps)
+        if composition_guidance != "off" and composition_guidance_steps > 0 and composition_guidance_scale > 0:
+            guidance = LatentCompositionGuidance(self.composition_net, composition_guidance_scale,
+                                                 composition_guidance_steps)
         sampler = DisjointSampling(self.scheduler)
-        step_kwargs_accepted = set(inspect.signature(self.scheduler.step).parameters)
 
-        # 3. Preprocess; cut images larger than `tile_size` into overlapping tiles; group consecutive work units
-        # (images or tiles) of the same size into batches.
+        # 3. Preprocess; cut images larger than `tile_size` into overlapping tiles; batch the work units.
         prepared = [self.image_processor.preprocess(t, processing_resolution) for t in tensors]
-        units: list[tuple[int, torch.Tensor]] = []  # (image index, pixels)
-        tiled: dict[int, list[tuple[int, int, int, int]]] = {}
-        for index, (pixels, _, _) in enumerate(prepared):
-            height, width = pixels.shape[-2:]
-            if tile_size is not None and max(height, width) > tile_size:
-                tiled[index] = tile_boxes(height, width, tile_size, tile_overlap)
-                units.extend((index, pixels[..., t:b, l:r]) for t, l, b, r in tiled[index])
-            else:
-                units.append((index, pixels))
-        chunks: list[list[int]] = []
-        for position, (_, pixels) in enumerate(units):
-            if chunks and len(chunks[-1]) < batch_size and units[chunks[-1][0]][1].shape == pixels.shape:
-                chunks[-1].append(position)
-            else:
-                chunks.append([position])
+        units, tiled = self._work_units(prepared, tile_size, tile_overlap)
+        chunks = self._batches([pixels for _, pixels in units], batch_size)
 
-        decoded_units: list[torch.Tensor] = [None] * len(units)
+        results: list[torch.Tensor] = [None] * len(units)  # per unit: stacked [T, R] latents or decoded layers
         self._num_timesteps = num_inference_steps
         for chunk in self.progress_bar(chunks, desc="Images", leave=True):
             images = [units[position][0] for position in chunk]
@@ -478,69 +530,124 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             mixture_latents, mixture_features = self.encode_mixture(pixels)
             prompt_embeds = self.layer_prompt_batch(prompt_pair, batch)
 
-            # 5. Initial noise [T rows; R rows].
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-            latents = self._initial_noise(images, tuple(mixture_latents.shape[1:]), generator, device, self.unet.dtype)
-            latents = latents * self.scheduler.init_noise_sigma
-            step_generator = generator
-            if isinstance(generator, list):
-                step_generator = [generator[i] for i in images] * 2
-            step_kwargs = {"generator": step_generator} if "generator" in step_kwargs_accepted else {}
+            # 5-6. Initial noise [T rows; R rows], then denoise.
+            latents = self._denoise(
+                images, mixture_latents, prompt_embeds, num_inference_steps, generator, sampler, disjoint_strength,
+                guidance, composition_guidance, guidance_checkpointing, predict_noise, callback_on_step_end,
+                callback_on_step_end_tensor_inputs,
+            )
 
-            # 6. Denoise.
-            timesteps = self.scheduler.timesteps
-            host_timesteps = timesteps.tolist()  # one copy to the host: the noise-level lookups need no sync per step
-            for step, t in enumerate(self.progress_bar(timesteps, desc="Denoising", leave=False)):
-                model_output, latents = self.guided_model_output(
-                    latents,
-                    t,
-                    host_timesteps[step],
-                    mixture_latents,
-                    prompt_embeds,
-                    sampler,
-                    disjoint_strength,
-                    guidance,
-                    guidance_mode,
-                    guidance_checkpointing,
-                    predict_noise,
-                )
-                latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
-
-                if callback_on_step_end is not None:
-                    available = {
-                        "latents": latents,
-                        "mixture_latents": mixture_latents,
-                        "prompt_embeds": prompt_embeds,
-                    }
-                    callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs or []}
-                    callback_outputs = callback_on_step_end(self, step, t, callback_kwargs)
-                    latents = (callback_outputs or {}).get("latents", latents)
-
-            # 7. Decode with FGFM; rows [T; R] of each unit.
-            decoded = self.decode_latents(latents, mixture_features, fgfm_strength)
+            # 7. Decode with FGFM (unless the latents are the output); rows [T; R] of each unit.
+            if output_type != "latent":
+                latents = self.decode_latents(latents, mixture_features, fgfm_strength)
             for row, position in enumerate(chunk):
-                decoded_units[position] = torch.stack([decoded[row], decoded[batch + row]])
+                results[position] = torch.stack([latents[row], latents[batch + row]])
 
-        # 8. Blend tiles, remove padding, resize back.
-        transmissions: list[torch.Tensor] = []
-        reflections: list[torch.Tensor] = []
-        for index, (pixels, padding, original_size) in enumerate(prepared):
-            layers = [decoded_units[p] for p, (image, _) in enumerate(units) if image == index]
-            if index in tiled:
-                height, width = pixels.shape[-2:]
-                joined = blend_tiles([layer.flatten(0, 1) for layer in layers], height, width, tile_size, tile_overlap)
-                layers = [joined.unflatten(0, (2, -1))]
-            size = original_size if match_input_resolution else None
-            transmission_image, reflection_image = self.image_processor.postprocess(layers[0], padding, size)
-            transmissions.append(transmission_image)
-            reflections.append(reflection_image)
-
+        # 8. Blend tiles, remove padding, resize back (decoded images), or stack the latents.
         self.maybe_free_model_hooks()
-        transmission = self.image_processor.to_output(transmissions, output_type)
-        reflection = self.image_processor.to_output(reflections, output_type)
-        if not return_dict:
-            return (transmission, reflection)
-        return ReflectionSeparationPipelineOutput(transmission=transmission, reflection=reflection)
+        if output_type == "latent":
+            layers = results
+        else:
+            layers = [
+                self._assemble(results, units, tiled, index, pixels, padding,
+                               original_size if match_input_resolution else None, tile_size, tile_overlap)
+                for index, (pixels, padding, original_size) in enumerate(prepared)
+            ]
+        transmission = self.image_processor.to_output([layer[0] for layer in layers], output_type)
+        reflection = self.image_processor.to_output([layer[1] for layer in layers], output_type)
+        output = ReflectionSeparationPipelineOutput(transmission=transmission, reflection=reflection)
+        return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _work_units(
+        prepared: list[tuple[torch.Tensor, tuple[int, int], tuple[int, int]]], tile_size: int | None, tile_overlap: int | None
+    ) -> tuple[list[tuple[int, torch.Tensor]], dict[int, list[tuple[int, int, int, int]]]]:
+        """``(image index, pixels)`` per whole image or per tile of an image larger than ``tile_size``, and the tile
+        boxes of each tiled image."""
+        units: list[tuple[int, torch.Tensor]] = []
+        tiled: dict[int, list[tuple[int, int, int, int]]] = {}
+        for index, (pixels, _, _) in enumerate(prepared):
+            height, width = pixels.shape[-2:]
+            if tile_size is not None and max(height, width) > tile_size:
+                tiled[index] = tile_boxes(height, width, tile_size, tile_overlap)
+                units.extend((index, pixels[..., t:b, l:r]) for t, l, b, r in tiled[index])
+            else:
+                units.append((index, pixels))
+        return units, tiled
+
+    @staticmethod
+    def _batches(pixels: list[torch.Tensor], batch_size: int) -> list[list[int]]:
+        """Positions of consecutive work units of the same size, at most ``batch_size`` per batch."""
+        chunks: list[list[int]] = []
+        for position, unit in enumerate(pixels):
+            if chunks and len(chunks[-1]) < batch_size and pixels[chunks[-1][0]].shape == unit.shape:
+                chunks[-1].append(position)
+            else:
+                chunks.append([position])
+        return chunks
+
+    def _denoise(
+        self,
+        images: list[int],
+        mixture_latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        sampler: DisjointSampling,
+        disjoint_strength: float,
+        guidance: LatentCompositionGuidance | None,
+        guidance_mode: str,
+        guidance_checkpointing: bool,
+        predict_noise: Callable[..., torch.Tensor],
+        callback_on_step_end: Callable | None,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+    ) -> torch.Tensor:
+        """The sampling loop for one batch: noise drawn per image from its generator, then every step. Returns the
+        final latents ``[T rows; R rows]``."""
+        device = mixture_latents.device
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = self._initial_noise(images, tuple(mixture_latents.shape[1:]), generator, device, self.unet.dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+        step_generator = [generator[i] for i in images] * 2 if isinstance(generator, list) else generator
+        accepted = inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": step_generator} if "generator" in accepted else {}
+
+        timesteps = self.scheduler.timesteps
+        host_timesteps = timesteps.tolist()  # one copy to the host: the noise-level lookups need no sync per step
+        for step, t in enumerate(self.progress_bar(timesteps, desc="Denoising", leave=False)):
+            model_output, latents = self.guided_model_output(
+                latents, t, host_timesteps[step], mixture_latents, prompt_embeds, sampler, disjoint_strength,
+                guidance, guidance_mode, guidance_checkpointing, predict_noise,
+            )
+            latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
+
+            if callback_on_step_end is not None:
+                available = {"latents": latents, "mixture_latents": mixture_latents, "prompt_embeds": prompt_embeds}
+                callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs or []}
+                callback_outputs = callback_on_step_end(self, step, t, callback_kwargs)
+                latents = (callback_outputs or {}).get("latents", latents)
+        return latents
+
+    def _assemble(
+        self,
+        results: list[torch.Tensor],
+        units: list[tuple[int, torch.Tensor]],
+        tiled: dict[int, list[tuple[int, int, int, int]]],
+        index: int,
+        pixels: torch.Tensor,
+        padding: tuple[int, int],
+        size: tuple[int, int] | None,
+        tile_size: int | None,
+        tile_overlap: int | None,
+    ) -> torch.Tensor:
+        """Image ``index``'s decoded ``[T, R]`` from its work units: tiles blended, padding removed, resized to
+        ``size`` (if given); ``(2, 3, H, W)`` in [0, 1]."""
+        layers = [results[position] for position, (image, _) in enumerate(units) if image == index]
+        if index in tiled:
+            height, width = pixels.shape[-2:]
+            joined = blend_tiles([layer.flatten(0, 1) for layer in layers], height, width, tile_size, tile_overlap)
+            layers = [joined.unflatten(0, (2, -1))]
+        return self.image_processor.postprocess(layers[0], padding, size)
 
     def guided_model_output(
         self,
@@ -592,7 +699,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
 
     def _graphed_predict_noise(self) -> CUDAGraphed:
         """:meth:`predict_noise` through CUDA graphs kept on the pipeline (so later calls skip the capture);
-        new graphs when the UNet was replaced, moved or changed."""
+        new graphs when the UNet was replaced, moved, changed or compiled (see ``cuda_graphs.capture_signature``)."""
         graphed = getattr(self, "_cuda_graphed", None)
         if graphed is None or graphed.owner is not self.unet:
             graphed = self._cuda_graphed = CUDAGraphed(self.predict_noise, owner=self.unet)
@@ -687,6 +794,17 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         from .hub import save_pipeline
 
         save_pipeline(self, save_directory, super().save_pretrained, **kwargs)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs):
+        """diffusers' ``extract_init_dict`` on a config whose :data:`RENAMED_CONFIG_KEYS` were renamed (a key of the
+        current name wins), so folders saved before the rename load with the same defaults."""
+        config_dict = dict(config_dict)
+        for old, new in RENAMED_CONFIG_KEYS.items():
+            if old in config_dict:
+                value = config_dict.pop(old)
+                config_dict.setdefault(new, value)
+        return super().extract_init_dict(config_dict, **kwargs)
 
     @classmethod
     def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:

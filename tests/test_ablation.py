@@ -35,7 +35,7 @@ def test_ablation_rows_on_tiny_models(tmp_path):
     # different parts really change the numbers
     clsa, full = report["rows"][3]["metrics"], report["rows"][5]["metrics"]
     assert clsa["t_psnr"] != full["t_psnr"]
-    assert json.loads(output.read_text())["rows"][3]["settings"]["guidance_mode"] == "off"
+    assert json.loads(output.read_text())["rows"][3]["settings"]["composition_guidance"] == "off"
     assert output.with_suffix(".md").read_text().startswith("| Row")
 
 

@@ -131,3 +131,55 @@ def test_built_unets_have_heads_of_the_configured_width(head_dim):
 def test_head_width_must_divide_the_attention_blocks():
     with pytest.raises(ValueError, match="does not divide"):
         build_pipeline(ModelSizeConfig(unet_channels=(16, 24), unet_attention_head_dim=16))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("slice_size", [1, 5, 12, 100])
+def test_sliced_clsa_matches_the_softmax_formula(slice_size):
+    attn = make_attention(dim=16, heads=4)
+    attn.set_processor(CrossLayerAttnProcessor(slice_size))
+    hidden = torch.randn(6, 10, 16)  # 3 pairs x 4 heads = 12 (pair, head) rows: 5 leaves a remainder
+    torch.testing.assert_close(attn(hidden), paper_formula(attn, hidden), atol=1e-5, rtol=1e-5)
+
+
+def largest_allocation(fn) -> int:
+    """Bytes of the largest block one op allocated during ``fn`` (torch profiler's per-op CPU memory records)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return max(event.self_cpu_memory_usage for event in prof.events())
+
+
+@torch.no_grad()
+def test_slicing_shrinks_the_largest_attention_score_allocation():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    attn = make_attention(dim=64, heads=4)
+    hidden = torch.randn(4, 256, 64)  # 2 pairs x 4 heads, 512 joined tokens: scores 8 x 512 x 512 float32 = 8 MiB
+    with sdpa_kernel(SDPBackend.MATH):  # the kernel that materializes the scores (SDPA's fallback)
+        whole = largest_allocation(lambda: attn(hidden))
+        attn.set_processor(CrossLayerAttnProcessor(1))
+        sliced = largest_allocation(lambda: attn(hidden))
+    assert whole == 8 * 512 * 512 * 4 and sliced == 512 * 512 * 4
+
+
+def test_pipeline_attention_slicing_keeps_clsa_with_diffusers_slice_sizes():
+    pipe = build_pipeline(ModelSizeConfig(), seed=0)
+    pipe.enable_attention_slicing("max")
+    self_attn = {n: p for n, p in pipe.unet.attn_processors.items() if n.endswith("attn1.processor")}
+    assert uses_cross_layer_attention(pipe.unet) and {p.slice_size for p in self_attn.values()} == {1}
+    pipe.enable_attention_slicing(2)
+    assert {p.slice_size for n, p in pipe.unet.attn_processors.items() if n.endswith("attn1.processor")} == {2}
+    pipe.disable_attention_slicing()
+    processors = pipe.unet.attn_processors
+    assert uses_cross_layer_attention(pipe.unet) and all(p.slice_size is None for n, p in processors.items() if "attn1" in n)
+    assert all(isinstance(p, AttnProcessor2_0) for n, p in processors.items() if "attn2" in n)
+
+
+def test_auto_attention_slicing_works_with_single_head_layers():
+    pipe = build_pipeline(ModelSizeConfig(unet_attention_head_dim=16), seed=0)  # 16 channels: one head
+    heads = {m.heads for m in pipe.unet.modules() if hasattr(m, "sliceable_head_dim")}
+    pipe.enable_attention_slicing()  # diffusers' "auto": half the heads, at least one
+    sizes = {p.slice_size for n, p in pipe.unet.attn_processors.items() if n.endswith("attn1.processor")}
+    assert heads == {1, 2} and sizes == {1} and uses_cross_layer_attention(pipe.unet)

@@ -51,6 +51,8 @@ def test_tiny_cpu_run_writes_every_section(bench, tmp_path):
     assert model["tiled"]["tiles"] > 1 and model["tiled"]["eager"]["median_ms"] > 0
     assert model["offload"]["model_cpu_offload"]["max_abs_diff_vs_resident"] == 0.0
     assert model["compile"]["warmup_total_s"] > 0 and model["compile"]["pipeline"]["compiled"]["median_ms"] > 0
+    after_call = model["compile_after_call"]
+    assert after_call["compiled_after_first_call"]["median_ms"] > 0 and after_call["after_over_before"] > 0
 
     # CUDA-only parts are marked, not silently missing
     skipped = {path for path, value in walk(report) if value == "needs CUDA"}

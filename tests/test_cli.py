@@ -304,7 +304,7 @@ def test_float16_on_cpu_is_refused(model_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "option", [["--steps", "0"], ["--batch-size", "-1"], ["--disjoint-strength", "2"], ["--guidance", "maybe"]]
+    "option", [["--steps", "0"], ["--batch-size", "-1"], ["--disjoint-strength", "2"], ["--composition-guidance", "maybe"], ["--composition-guidance-scale", "2"]]
 )
 def test_bad_options_are_usage_errors(model_dir, tmp_path, option):
     image = write_image(tmp_path / "a.png", 40, 40)
@@ -425,7 +425,8 @@ def test_separate_help_has_examples(capsys):
         "--seed",
         "--device",
         "--dtype",
-        "--guidance",
+        "--composition-guidance",
+        "--composition-guidance-scale",
         "--disjoint-strength",
         "--fgfm-strength",
         "--batch-size",

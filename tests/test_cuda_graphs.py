@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reflection_separation.attention import set_cross_layer_attention
-from reflection_separation.cuda_graphs import CUDAGraphed, weights_signature
+from reflection_separation.cuda_graphs import CUDAGraphed, forward_signature, weights_signature
 
 from .conftest import FAST, generator, random_image
 
@@ -66,3 +66,25 @@ def test_at_most_max_graphs_are_kept_least_recently_used_first(monkeypatch):
             assert graphed(torch.ones(size)).shape == (size,)
     assert captured == [1, 2, 3, 2]  # 2 was evicted by 3 (1 had been used since), then captured again
     assert [key[0][0] for key in graphed.graphs] == [(1,), (2,)]
+
+
+def test_graphs_are_recaptured_when_the_unet_is_compiled_after_a_call(tiny_pipe):
+    """``unet.compile()`` after a first call (and every recompile) must not replay graphs of the eager forward;
+    ``torch.compile(unet)`` gives a new module, so new graphs. Nothing is compiled here: compiling is lazy."""
+    graphed = tiny_pipe._graphed_predict_noise()
+    graphed.graphs["captured"] = "a graph of the eager UNet"
+    eager = forward_signature(tiny_pipe.unet)
+    tiny_pipe.unet.compile(dynamic=False)
+    first_compile = forward_signature(tiny_pipe.unet)
+    assert first_compile != eager and weights_signature(tiny_pipe.unet) == graphed.signature[0]
+    assert tiny_pipe._graphed_predict_noise() is graphed and not graphed.graphs
+    graphed.graphs["captured"] = "a graph of the compiled UNet"
+    assert tiny_pipe._graphed_predict_noise() is graphed and graphed.graphs  # same compiled forward: kept
+    tiny_pipe.unet.compile(mode="max-autotune-no-cudagraphs")  # recompiled
+    assert forward_signature(tiny_pipe.unet) != first_compile
+    assert tiny_pipe._graphed_predict_noise() is graphed and not graphed.graphs
+    tiny_pipe.unet._compiled_call_impl = None  # back to eager: the eager forward's signature again
+    assert forward_signature(tiny_pipe.unet) == eager
+    unet = tiny_pipe.unet
+    tiny_pipe.unet = torch.compile(unet)
+    assert forward_signature(tiny_pipe.unet) != eager and tiny_pipe._graphed_predict_noise() is not graphed

@@ -76,7 +76,7 @@ def predict(client, image_path, steps=2, resolution=32, guidance="fast", seed=0)
         0.2,  # disjoint_strength k
         0.8,  # fgfm_strength w
         guidance,
-        0.01,  # guidance_scale
+        0.01,  # composition_guidance_scale
         resolution,  # processing_resolution
         seed,
         api_name="/separate",

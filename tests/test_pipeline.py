@@ -52,9 +52,10 @@ def test_same_seed_same_output_and_different_seed_differs(tiny_pipe, rng):
 @pytest.mark.parametrize("guidance_mode", ["off", "fast"])
 def test_batch_of_three_equals_three_single_runs(tiny_pipe, rng, guidance_mode):
     images = [random_image(rng) for _ in range(3)]
-    batched = tiny_pipe(images, batch_size=3, guidance_mode=guidance_mode, generator=[generator(i) for i in range(3)], **FAST)
+    batched = tiny_pipe(images, batch_size=3, composition_guidance=guidance_mode, generator=[generator(i) for i in range(3)],
+                        **FAST)
     for i, image in enumerate(images):
-        single = tiny_pipe(image, guidance_mode=guidance_mode, generator=generator(i), **FAST)
+        single = tiny_pipe(image, composition_guidance=guidance_mode, generator=generator(i), **FAST)
         np.testing.assert_allclose(batched.transmission[i], single.transmission[0], atol=1e-5)
         np.testing.assert_allclose(batched.reflection[i], single.reflection[0], atol=1e-5)
 
@@ -94,9 +95,12 @@ def test_every_component_changes_the_output(tiny_pipe, rng):
         torch.nn.init.normal_(fusion.proj_out.weight, std=0.1)
     torch.nn.init.normal_(tiny_pipe.composition_net.conv_out.weight, std=0.1)
     image = random_image(rng)
-    base = {"disjoint_strength": 0.2, "fgfm_strength": 0.8, "guidance_mode": "fast", "guidance_scale": 0.05}
+    base = {"disjoint_strength": 0.2, "fgfm_strength": 0.8, "composition_guidance": "fast",
+            "composition_guidance_scale": 0.05}
     reference = tiny_pipe(image, generator=generator(0), **base, **FAST).transmission
-    for change in ({"disjoint_strength": 0.0}, {"fgfm_strength": 0.0}, {"guidance_mode": "off"}, {"guidance_mode": "full"}):
+    changes = ({"disjoint_strength": 0.0}, {"fgfm_strength": 0.0}, {"composition_guidance": "off"},
+               {"composition_guidance": "full"})
+    for change in changes:
         out = tiny_pipe(image, generator=generator(0), **{**base, **change}, **FAST).transmission
         assert np.abs(out - reference).max() > 1e-6, change
 
@@ -104,7 +108,8 @@ def test_every_component_changes_the_output(tiny_pipe, rng):
 def test_defaults_come_from_the_config(rng):
     pipe = build_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    pipe.register_to_config(default_denoising_steps=2, default_processing_resolution=64, default_guidance_mode="off")
+    pipe.register_to_config(default_denoising_steps=2, default_processing_resolution=64,
+                            default_composition_guidance="off")
     calls = []
     pipe(random_image(rng), generator=generator(0), output_type="np",
          callback_on_step_end=lambda p, i, t, k: calls.append(i) or {})
@@ -220,13 +225,13 @@ def test_invalid_tile_arguments(tiny_pipe, rng, kwargs, match):
 def test_full_guidance_checkpointing_gives_the_same_result(tiny_pipe, rng):
     torch.nn.init.normal_(tiny_pipe.composition_net.conv_out.weight, std=0.1)
     image = random_image(rng)
-    kwargs = {**FAST, "guidance_mode": "full", "guidance_scale": 0.05}
+    kwargs = {**FAST, "composition_guidance": "full", "composition_guidance_scale": 0.05}
     checkpointed = tiny_pipe(image, generator=generator(0), guidance_checkpointing=True, **kwargs)
     assert not tiny_pipe.unet.is_gradient_checkpointing  # restored after the call
     assert all(p.requires_grad for p in tiny_pipe.unet.parameters())
     plain = tiny_pipe(image, generator=generator(0), **kwargs)  # the default keeps the activations
     np.testing.assert_allclose(checkpointed.transmission, plain.transmission, atol=1e-6)
-    fast = tiny_pipe(image, generator=generator(0), **{**kwargs, "guidance_mode": "fast"})
+    fast = tiny_pipe(image, generator=generator(0), **{**kwargs, "composition_guidance": "fast"})
     assert np.abs(fast.transmission - plain.transmission).max() > 1e-6
 
 
@@ -248,7 +253,7 @@ def test_model_cpu_offload_gives_the_same_result(tiny_pipe, rng):
     # accelerate's offload hooks on every component (device="cpu" lets the hooks run here without a GPU)
     torch.nn.init.normal_(tiny_pipe.composition_net.conv_out.weight, std=0.1)
     image = random_image(rng)
-    kwargs = {**FAST, "guidance_mode": "full", "guidance_scale": 0.05}
+    kwargs = {**FAST, "composition_guidance": "full", "composition_guidance_scale": 0.05}
     reference = tiny_pipe(image, generator=generator(0), **kwargs)
     tiny_pipe.enable_model_cpu_offload(device="cpu")
     components = (tiny_pipe.unet, tiny_pipe.vae, tiny_pipe.text_encoder, tiny_pipe.composition_net)
@@ -258,3 +263,43 @@ def test_model_cpu_offload_gives_the_same_result(tiny_pipe, rng):
     offloaded = tiny_pipe(image, generator=generator(0), **kwargs)
     np.testing.assert_array_equal(offloaded.transmission, reference.transmission)
     np.testing.assert_array_equal(offloaded.reflection, reference.reflection)
+
+
+def test_latent_output_is_the_final_latents_that_decode_to_the_image_output(tiny_pipe, rng):
+    image = random_image(rng, 64, 64)  # at the processing resolution: no resize, no padding
+    latent = tiny_pipe([image, image], generator=[generator(0), generator(1)], **{**FAST, "output_type": "latent"})
+    decoded = tiny_pipe([image, image], generator=[generator(0), generator(1)], **{**FAST, "output_type": "pt"})
+    channels, factor = tiny_pipe.vae.config.latent_channels, tiny_pipe.vae_scale_factor
+    assert latent.transmission.shape == latent.reflection.shape == (2, channels, 64 // factor, 64 // factor)
+    assert not torch.equal(latent.transmission, latent.reflection)
+    pixels = tiny_pipe.image_processor.preprocess(torch.from_numpy(image).permute(2, 0, 1), 64)[0]
+    _, features = tiny_pipe.encode_mixture(pixels)
+    for i in range(2):
+        stacked = torch.cat([latent.transmission[i : i + 1], latent.reflection[i : i + 1]])
+        layers = ((tiny_pipe.decode_latents(stacked, features, tiny_pipe.config.default_fgfm_strength) + 1) / 2).clamp(0, 1)
+        torch.testing.assert_close(layers[0], decoded.transmission[i], atol=1e-5, rtol=0)
+        torch.testing.assert_close(layers[1], decoded.reflection[i], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("old", ["guidance_scale", "guidance_mode", "guidance_steps"])
+def test_old_guidance_argument_names_raise_a_type_error_naming_the_new_one(tiny_pipe, rng, old):
+    new = pipeline_module.RENAMED_ARGUMENTS[old]
+    with pytest.raises(TypeError, match=f"`{old}` was renamed `{new}`"):
+        tiny_pipe(random_image(rng), **{old: 7.5}, **FAST)
+    with pytest.raises(TypeError, match="unexpected arguments \\['prompt'\\]"):
+        tiny_pipe(random_image(rng), prompt="a cat", **FAST)
+
+
+def test_config_saved_with_the_old_guidance_keys_loads_with_the_new_names(tiny_pipe, rng, tmp_path):
+    tiny_pipe.register_to_config(default_composition_guidance="off", default_composition_guidance_scale=0.3,
+                                 default_composition_guidance_steps=2)
+    tiny_pipe.save_pretrained(tmp_path)
+    index_path = tmp_path / "model_index.json"
+    index = json.loads(index_path.read_text())
+    for old, new in pipeline_module.RENAMED_CONFIG_KEYS.items():
+        index[old] = index.pop(new)  # as saved before the rename
+    index_path.write_text(json.dumps(index))
+    loaded = ReflectionSeparationPipeline.from_pretrained(tmp_path)
+    assert (loaded.config.default_composition_guidance, loaded.config.default_composition_guidance_scale,
+            loaded.config.default_composition_guidance_steps) == ("off", 0.3, 2)
+    assert not any(old in loaded.config for old in pipeline_module.RENAMED_CONFIG_KEYS)

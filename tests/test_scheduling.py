@@ -112,14 +112,14 @@ def test_k0_reproduces_plain_scheduler_bit_for_bit(tiny_pipe, rng, scheduler_cls
 
     kwargs = {**FAST, "num_inference_steps": 4}
     tiny_pipe(
-        image, disjoint_strength=0.0, guidance_mode="off", generator=generator(0),
+        image, disjoint_strength=0.0, composition_guidance="off", generator=generator(0),
         callback_on_step_end=keep, callback_on_step_end_tensor_inputs=["latents"], **kwargs,
     )
     reference = plain_loop(tiny_pipe, image, 4)
     assert torch.equal(captured["latents"], reference)
 
     tiny_pipe(
-        image, disjoint_strength=0.2, guidance_mode="off", generator=generator(0),
+        image, disjoint_strength=0.2, composition_guidance="off", generator=generator(0),
         callback_on_step_end=keep, callback_on_step_end_tensor_inputs=["latents"], **kwargs,
     )
     assert (captured["latents"] - reference).abs().max() > 1e-4
@@ -149,13 +149,13 @@ def test_zero_signal_step_skips_disjoint_and_guidance(rng):
     pipe = build_pipeline(ModelSizeConfig(prediction_type="v_prediction", zero_terminal_snr=True), seed=0)
     pipe.set_progress_bar_config(disable=True)
     image = random_image(rng)
-    plain = {"disjoint_strength": 0.0, "guidance_mode": "off"}
-    method = {"disjoint_strength": 0.2, "guidance_mode": "fast", "guidance_scale": 0.5}
+    plain = {"disjoint_strength": 0.0, "composition_guidance": "off"}
+    method = {"disjoint_strength": 0.2, "composition_guidance": "fast", "composition_guidance_scale": 0.5}
     first_only = {**FAST, "num_inference_steps": 1}
     a = pipe(image, generator=generator(0), **first_only, **plain).transmission
     b = pipe(image, generator=generator(0), **first_only, **method).transmission
     np.testing.assert_array_equal(a, b)
     for mode in ("fast", "full"):
-        c = pipe(image, generator=generator(0), **FAST, **{**method, "guidance_mode": mode}).transmission
+        c = pipe(image, generator=generator(0), **FAST, **{**method, "composition_guidance": mode}).transmission
         d = pipe(image, generator=generator(0), **FAST, **plain).transmission
         assert np.isfinite(c).all() and np.abs(c - d).max() > 1e-4
