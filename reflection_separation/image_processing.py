@@ -99,6 +99,48 @@ def _array_to_tensors(image: np.ndarray | torch.Tensor, index: int) -> list[torc
     return list(tensor.unbind(0))
 
 
+DETAIL_TRANSFER_MODES = ("none", "highpass", "residual")
+
+
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`(N, C, H, W)` images in [0, 1] to `size`: antialiased bilinear, the resize of both pre- and postprocessing."""
+    resized = F.interpolate(images, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.clamp(0.0, 1.0)
+
+
+def transfer_detail(layers: torch.Tensor, photo: torch.Tensor, processed_size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Full-resolution layers that keep the photo's detail, from layers separated at `processed_size`.
+
+    The model sees the photo at `processing_resolution`; resized back, both layers hold only that much detail.
+    Reflections are mostly smooth (out of focus, seen through the glass), so the detail the model never saw
+    belongs to the transmission:
+
+    * `"highpass"`: `T = up(T_low) + (I - up(down(I)))`, the photo's high frequencies (what the round trip
+      through `processed_size` removes from it) added to the transmission; `R = up(R_low)`. Where the model's
+      layers add up to its input (`T_low + R_low = down(I)`), `T + R = I` exactly.
+    * `"residual"`: `T = I - up(R_low)`, `R = up(R_low)`: exact for additive mixing only (it leaves glass tint and
+      other non-additive effects in T).
+    * `"none"`: plain upsampling, as given.
+
+    Args:
+        layers: `(2, 3, H, W)` `[T, R]` in [0, 1], already resized to the photo's size.
+        photo: `(3, H, W)` the input in [0, 1].
+        processed_size: `(h, w)` the photo was separated at (without padding).
+        mode: one of `DETAIL_TRANSFER_MODES`.
+    """
+    if mode not in DETAIL_TRANSFER_MODES:
+        raise ValueError(f"`detail_transfer` must be one of {DETAIL_TRANSFER_MODES}, got {mode!r}.")
+    if mode == "none" or tuple(processed_size) == tuple(photo.shape[-2:]):
+        return layers
+    photo = photo.to(layers)
+    transmission, reflection = layers[0], layers[1]
+    if mode == "residual":
+        transmission = photo - reflection
+    else:
+        transmission = transmission + photo - resize(resize(photo[None], processed_size), photo.shape[-2:])[0]
+    return torch.stack([transmission.clamp(0.0, 1.0), reflection])
+
+
 class ReflectionImageProcessor:
     """Turns user images into padded model inputs and model outputs back into images."""
 
@@ -149,8 +191,7 @@ class ReflectionImageProcessor:
             scale = processing_resolution / max(height, width)
             new_size = (max(round(height * scale), 1), max(round(width * scale), 1))
             if new_size != (height, width):
-                image = F.interpolate(image, size=new_size, mode="bilinear", antialias=True, align_corners=False)
-                image = image.clamp(0.0, 1.0)
+                image = resize(image, new_size)
         pad_h = -image.shape[-2] % self.size_multiple
         pad_w = -image.shape[-1] % self.size_multiple
         image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
@@ -165,8 +206,7 @@ class ReflectionImageProcessor:
         image = image[..., : image.shape[-2] - pad_h, : image.shape[-1] - pad_w]
         image = ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0)
         if original_size is not None and tuple(image.shape[-2:]) != tuple(original_size):
-            image = F.interpolate(image, size=original_size, mode="bilinear", antialias=True, align_corners=False)
-            image = image.clamp(0.0, 1.0)
+            image = resize(image, original_size)
         return image
 
     @staticmethod

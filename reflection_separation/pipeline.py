@@ -34,7 +34,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .attention import set_cross_layer_attention, uses_cross_layer_attention
 from .composition import GUIDANCE_MODES, LatentCompositionGuidance, LatentCompositionNet
 from .cuda_graphs import CUDAGraphed
-from .image_processing import PipelineImageInput, ReflectionImageProcessor
+from .image_processing import DETAIL_TRANSFER_MODES, PipelineImageInput, ReflectionImageProcessor, transfer_detail
 from .scheduling import DisjointSampling, tweedie_x0
 from .tiling import blend_tiles, tile_boxes
 from .vae import FGFMAutoencoderKL
@@ -150,6 +150,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         default_composition_guidance: str = "fast",
         default_composition_guidance_scale: float = 0.01,
         default_composition_guidance_steps: int = 1,
+        default_detail_transfer: str = "none",
         cross_layer_attention: bool = True,
         min_input_size: int = 16,
         max_input_size: int = 8192,
@@ -173,6 +174,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             default_composition_guidance=default_composition_guidance,
             default_composition_guidance_scale=default_composition_guidance_scale,
             default_composition_guidance_steps=default_composition_guidance_steps,
+            default_detail_transfer=default_detail_transfer,
             cross_layer_attention=cross_layer_attention,
             min_input_size=min_input_size,
             max_input_size=max_input_size,
@@ -291,8 +293,11 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None,
         tile_size: int | None = None,
         tile_overlap: int | None = None,
+        detail_transfer: str = "none",
     ) -> None:
         """Validate call arguments; raise ``ValueError``/``TypeError`` naming the argument and its valid values."""
+        if detail_transfer not in DETAIL_TRANSFER_MODES:
+            raise ValueError(f"`detail_transfer` must be one of {DETAIL_TRANSFER_MODES}, got {detail_transfer!r}.")
 
         def is_int(value) -> bool:
             return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
@@ -389,6 +394,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         processing_resolution: int | None = None,
         match_input_resolution: bool = True,
+        detail_transfer: str | None = None,
         disjoint_strength: float | None = None,
         fgfm_strength: float | None = None,
         composition_guidance: str | None = None,
@@ -416,6 +422,11 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             processing_resolution: long side the image is resized to before encoding; 0 keeps the native
                 size (default from the config; the paper uses 960).
             match_input_resolution: resize the outputs back to each input's size.
+            detail_transfer: how the layers get back the detail that processing at ``processing_resolution`` left
+                out when they are resized back: ``"highpass"`` adds the photo's high frequencies to the
+                transmission, ``"residual"`` takes the transmission as the photo minus the upsampled reflection,
+                ``"none"`` upsamples both (see :func:`~reflection_separation.image_processing.transfer_detail`);
+                default from the config.
             disjoint_strength: ``k`` of disjoint sampling; 0 disables it.
             fgfm_strength: ``w`` of the FGFM decoder; 0 decodes with the plain VAE.
             composition_guidance: latent-composition guidance: ``"fast"`` (gradient through Tweedie and ``C``),
@@ -460,6 +471,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         if composition_guidance_steps is None:
             composition_guidance_steps = config.default_composition_guidance_steps
         max_input_size = max_input_size if max_input_size is not None else config.max_input_size
+        detail_transfer = detail_transfer if detail_transfer is not None else config.default_detail_transfer
         if tile_overlap is None and isinstance(tile_size, int):
             tile_overlap = tile_size // 4
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
@@ -482,6 +494,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
             tile_size,
             tile_overlap,
+            detail_transfer,
         )
         self.image_processor.check_size(tensors, config.min_input_size, max_input_size)
         if config.cross_layer_attention and not uses_cross_layer_attention(self.unet):
@@ -553,6 +566,12 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                                original_size if match_input_resolution else None, tile_size, tile_overlap)
                 for index, (pixels, padding, original_size) in enumerate(prepared)
             ]
+            if match_input_resolution:
+                layers = [
+                    transfer_detail(layer, photo, (pixels.shape[-2] - padding[0], pixels.shape[-1] - padding[1]),
+                                    detail_transfer)
+                    for layer, photo, (pixels, padding, _) in zip(layers, tensors, prepared)
+                ]
         transmission = self.image_processor.to_output([layer[0] for layer in layers], output_type)
         reflection = self.image_processor.to_output([layer[1] for layer in layers], output_type)
         output = ReflectionSeparationPipelineOutput(transmission=transmission, reflection=reflection)

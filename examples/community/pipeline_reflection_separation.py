@@ -751,6 +751,48 @@ def _array_to_tensors(image: np.ndarray | torch.Tensor, index: int) -> list[torc
     return list(tensor.unbind(0))
 
 
+DETAIL_TRANSFER_MODES = ("none", "highpass", "residual")
+
+
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`(N, C, H, W)` images in [0, 1] to `size`: antialiased bilinear, the resize of both pre- and postprocessing."""
+    resized = F.interpolate(images, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.clamp(0.0, 1.0)
+
+
+def transfer_detail(layers: torch.Tensor, photo: torch.Tensor, processed_size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Full-resolution layers that keep the photo's detail, from layers separated at `processed_size`.
+
+    The model sees the photo at `processing_resolution`; resized back, both layers hold only that much detail.
+    Reflections are mostly smooth (out of focus, seen through the glass), so the detail the model never saw
+    belongs to the transmission:
+
+    * `"highpass"`: `T = up(T_low) + (I - up(down(I)))`, the photo's high frequencies (what the round trip
+      through `processed_size` removes from it) added to the transmission; `R = up(R_low)`. Where the model's
+      layers add up to its input (`T_low + R_low = down(I)`), `T + R = I` exactly.
+    * `"residual"`: `T = I - up(R_low)`, `R = up(R_low)`: exact for additive mixing only (it leaves glass tint and
+      other non-additive effects in T).
+    * `"none"`: plain upsampling, as given.
+
+    Args:
+        layers: `(2, 3, H, W)` `[T, R]` in [0, 1], already resized to the photo's size.
+        photo: `(3, H, W)` the input in [0, 1].
+        processed_size: `(h, w)` the photo was separated at (without padding).
+        mode: one of `DETAIL_TRANSFER_MODES`.
+    """
+    if mode not in DETAIL_TRANSFER_MODES:
+        raise ValueError(f"`detail_transfer` must be one of {DETAIL_TRANSFER_MODES}, got {mode!r}.")
+    if mode == "none" or tuple(processed_size) == tuple(photo.shape[-2:]):
+        return layers
+    photo = photo.to(layers)
+    transmission, reflection = layers[0], layers[1]
+    if mode == "residual":
+        transmission = photo - reflection
+    else:
+        transmission = transmission + photo - resize(resize(photo[None], processed_size), photo.shape[-2:])[0]
+    return torch.stack([transmission.clamp(0.0, 1.0), reflection])
+
+
 class ReflectionImageProcessor:
     """Turns user images into padded model inputs and model outputs back into images."""
 
@@ -801,8 +843,7 @@ class ReflectionImageProcessor:
             scale = processing_resolution / max(height, width)
             new_size = (max(round(height * scale), 1), max(round(width * scale), 1))
             if new_size != (height, width):
-                image = F.interpolate(image, size=new_size, mode="bilinear", antialias=True, align_corners=False)
-                image = image.clamp(0.0, 1.0)
+                image = resize(image, new_size)
         pad_h = -image.shape[-2] % self.size_multiple
         pad_w = -image.shape[-1] % self.size_multiple
         image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
@@ -817,8 +858,7 @@ class ReflectionImageProcessor:
         image = image[..., : image.shape[-2] - pad_h, : image.shape[-1] - pad_w]
         image = ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0)
         if original_size is not None and tuple(image.shape[-2:]) != tuple(original_size):
-            image = F.interpolate(image, size=original_size, mode="bilinear", antialias=True, align_corners=False)
-            image = image.clamp(0.0, 1.0)
+            image = resize(image, original_size)
         return image
 
     @staticmethod
@@ -1387,6 +1427,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         default_composition_guidance: str = "fast",
         default_composition_guidance_scale: float = 0.01,
         default_composition_guidance_steps: int = 1,
+        default_detail_transfer: str = "none",
         cross_layer_attention: bool = True,
         min_input_size: int = 16,
         max_input_size: int = 8192,
@@ -1410,6 +1451,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             default_composition_guidance=default_composition_guidance,
             default_composition_guidance_scale=default_composition_guidance_scale,
             default_composition_guidance_steps=default_composition_guidance_steps,
+            default_detail_transfer=default_detail_transfer,
             cross_layer_attention=cross_layer_attention,
             min_input_size=min_input_size,
             max_input_size=max_input_size,
@@ -1528,8 +1570,11 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None,
         tile_size: int | None = None,
         tile_overlap: int | None = None,
+        detail_transfer: str = "none",
     ) -> None:
         """Validate call arguments; raise ``ValueError``/``TypeError`` naming the argument and its valid values."""
+        if detail_transfer not in DETAIL_TRANSFER_MODES:
+            raise ValueError(f"`detail_transfer` must be one of {DETAIL_TRANSFER_MODES}, got {detail_transfer!r}.")
 
         def is_int(value) -> bool:
             return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
@@ -1626,6 +1671,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         processing_resolution: int | None = None,
         match_input_resolution: bool = True,
+        detail_transfer: str | None = None,
         disjoint_strength: float | None = None,
         fgfm_strength: float | None = None,
         composition_guidance: str | None = None,
@@ -1653,6 +1699,11 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             processing_resolution: long side the image is resized to before encoding; 0 keeps the native
                 size (default from the config; the paper uses 960).
             match_input_resolution: resize the outputs back to each input's size.
+            detail_transfer: how the layers get back the detail that processing at ``processing_resolution`` left
+                out when they are resized back: ``"highpass"`` adds the photo's high frequencies to the
+                transmission, ``"residual"`` takes the transmission as the photo minus the upsampled reflection,
+                ``"none"`` upsamples both (see :func:`~reflection_separation.image_processing.transfer_detail`);
+                default from the config.
             disjoint_strength: ``k`` of disjoint sampling; 0 disables it.
             fgfm_strength: ``w`` of the FGFM decoder; 0 decodes with the plain VAE.
             composition_guidance: latent-composition guidance: ``"fast"`` (gradient through Tweedie and ``C``),
@@ -1697,6 +1748,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         if composition_guidance_steps is None:
             composition_guidance_steps = config.default_composition_guidance_steps
         max_input_size = max_input_size if max_input_size is not None else config.max_input_size
+        detail_transfer = detail_transfer if detail_transfer is not None else config.default_detail_transfer
         if tile_overlap is None and isinstance(tile_size, int):
             tile_overlap = tile_size // 4
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
@@ -1719,6 +1771,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
             tile_size,
             tile_overlap,
+            detail_transfer,
         )
         self.image_processor.check_size(tensors, config.min_input_size, max_input_size)
         if config.cross_layer_attention and not uses_cross_layer_attention(self.unet):
@@ -1790,6 +1843,12 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                                original_size if match_input_resolution else None, tile_size, tile_overlap)
                 for index, (pixels, padding, original_size) in enumerate(prepared)
             ]
+            if match_input_resolution:
+                layers = [
+                    transfer_detail(layer, photo, (pixels.shape[-2] - padding[0], pixels.shape[-1] - padding[1]),
+                                    detail_transfer)
+                    for layer, photo, (pixels, padding, _) in zip(layers, tensors, prepared)
+                ]
         transmission = self.image_processor.to_output([layer[0] for layer in layers], output_type)
         reflection = self.image_processor.to_output([layer[1] for layer in layers], output_type)
         output = ReflectionSeparationPipelineOutput(transmission=transmission, reflection=reflection)
