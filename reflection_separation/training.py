@@ -1,4 +1,5 @@
-"""Training stack: the VAE (from scratch only), the UNet, the composition net C and the FGFM blocks.
+"""Training stack: the VAE (from scratch only), the UNet, the composition net C, the FGFM blocks, and the UNet's
+one-step fine-tuning.
 
 Each stage is an objective module whose ``forward`` returns the loss, so ``accelerate`` (one GPU, or many
 with ``accelerate launch``, DDP) wraps it unchanged. Stages read the pipeline from ``<output_dir>/pipeline``
@@ -14,6 +15,11 @@ Losses:
 * ``fgfm``: only the fusion blocks train, VAE frozen; L1 + ``0.2 * (1 - SSIM)`` between the decoded layers
   and the true ones. The decoder is fed the true layers' latents perturbed by Gaussian noise of a random
   level in ``[0, fgfm_latent_noise]`` so the fusion learns to restore what sampling loses.
+* ``onestep``: the UNet, end to end through the frozen FGFM decoder: one UNet call on a zero start latent at the
+  last timestep gives both layers' clean latents (``ReflectionSeparationPipeline.one_step_latents``), decoded with
+  the mixture's features at the pipeline's ``default_fgfm_strength``; L1 + ``0.2 * (1 - SSIM)`` against the true
+  layers, plus ``onestep_composition_weight * L_comp`` of the estimates (frozen C). The saved pipeline defaults to
+  one-step separation (``default_one_step``).
 * ``control``: not part of the method: a plain pixel-space U-Net regressor mapping the mixture to T and R
   directly (what a discriminative method does), with the same data and L1 + SSIM loss, saved to
   ``<output_dir>/control`` as the control of the ablation.
@@ -61,7 +67,7 @@ from .data import BatchedSynthesis, ReflectionSynthesizer, SyntheticReflectionDa
 from .pipeline import ReflectionSeparationPipeline
 from .vae import FGFM_PREFIX, FGFMAutoencoderKL
 
-STAGES = ("vae", "unet", "composition", "fgfm", "control")
+STAGES = ("vae", "unet", "composition", "fgfm", "onestep", "control")
 FINISHED = "finished.json"  # written into a stage's folder once its pipeline (or control) is saved
 EXIT_TIME_LIMIT = 75  # exit status when --time-limit-minutes stopped a run: rerun the same command to continue
 
@@ -108,7 +114,8 @@ class TrainingConfig:
     ``control_channels`` sizes the control regressor's U-Net. ``synthesis`` configures the mixing recipes
     (``ReflectionSynthesizer.from_dict``; empty: the additive recipe alone). ``batched_synthesis`` makes each batch
     on the training device from photos decoded once (``BatchedSynthesis``) instead of in DataLoader workers
-    (``None``: on CUDA); both give the same samples.
+    (``None``: on CUDA); both give the same samples. ``onestep_composition_weight`` weighs ``L_comp`` of the
+    one-step estimates in the ``onestep`` stage's loss (0: the pixel loss alone).
     """
 
     output_dir: str
@@ -124,6 +131,7 @@ class TrainingConfig:
     validation_images: int = 4
     validation_inference_steps: int = 10
     fgfm_latent_noise: float = 0.3
+    onestep_composition_weight: float = 0.0
     cross_layer_attention: bool | None = None
     reset_unet: bool = False
     control_channels: tuple[int, ...] = (32, 64, 128, 256)
@@ -322,6 +330,37 @@ class FGFMObjective(Objective):
         return pixel_loss(decoded, _to_model_range(layers))
 
 
+class OneStepObjective(Objective):
+    """The ``onestep`` stage: the UNet (CLSA as configured) learns to give both layers in one call, with the pixel
+    loss of their FGFM-decoded images; gradients flow through the frozen decoder. Only the UNet is compiled: the
+    VAE runs with FGFM's feature hooks (as in the ``fgfm`` stage)."""
+
+    def __init__(self, pipe: ReflectionSeparationPipeline, composition_weight: float) -> None:
+        super().__init__(pipe, pipe.unet)
+        self.composition_weight = composition_weight
+        self.register_buffer("prompt_pair", pipe.encode_layer_prompts(pipe.unet.device).detach(), persistent=False)
+
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.trainable]
+
+    def forward(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
+        pipe = self.pipe
+        with torch.no_grad():
+            mixture, features = pipe.encode_mixture(_to_model_range(batch["mixture"]))
+        prompts = pipe.layer_prompt_batch(self.prompt_pair.to(mixture.dtype), mixture.shape[0])
+        latents = pipe.one_step_latents(mixture, prompts)
+        decoded = pipe.decode_latents(latents, features, pipe.config.default_fgfm_strength)
+        loss = pixel_loss(decoded, _to_model_range(torch.cat([batch["transmission"], batch["reflection"]])))
+        if self.composition_weight:
+            loss = loss + self.composition_weight * composition_loss(pipe.composition_net, *latents.chunk(2),
+                                                                     mixture).mean()
+        return loss
+
+    def finalize(self, accelerator: Accelerator, batch: dict[str, torch.Tensor]) -> None:
+        self.pipe.register_to_config(default_one_step=True)
+        accelerator.print("default_one_step set: the saved pipeline separates in one step")
+
+
 def build_control_regressor(channels: tuple[int, ...]) -> UNet2DModel:
     """The control: a pixel-space U-Net from the mixture to ``[T, R]`` (6 channels), in [-1, 1]."""
     return UNet2DModel(
@@ -371,6 +410,8 @@ def build_objective(stage: str, pipe: ReflectionSeparationPipeline, config: Trai
         return CompositionObjective(pipe)
     if stage == "fgfm":
         return FGFMObjective(pipe, config.fgfm_latent_noise)
+    if stage == "onestep":
+        return OneStepObjective(pipe, config.onestep_composition_weight)
     if stage == "control":
         if (config.control_dir / "config.json").exists():
             return ControlObjective(pipe, UNet2DModel.from_pretrained(config.control_dir))
@@ -572,9 +613,10 @@ def validate(
             metrics["val_l_comp_sum_baseline"] = ((latents[0] + latents[1] - latents[2]) ** 2).mean().item()
             shown = [batch["mixture"]]
         else:
+            steps = {"one_step": True} if stage == "onestep" else {"num_inference_steps": config.validation_inference_steps}
             out = pipe(
                 list(batch["mixture"]),
-                num_inference_steps=config.validation_inference_steps,
+                **steps,
                 processing_resolution=0,
                 generator=[torch.Generator().manual_seed(i) for i in range(len(batch["mixture"]))],
                 batch_size=len(batch["mixture"]),
@@ -868,14 +910,24 @@ def main(argv: list[str] | None = None) -> int:
                         "in fp16 to DIR (the pipeline, or the control regressor after `control`)")
     parser.add_argument("--vae-from", metavar="PIPELINE", help="start a new run with this pipeline's trained VAE "
                         "(base weights; FGFM re-initialized) instead of running the `vae` stage")
+    parser.add_argument("--pipeline-from", metavar="PIPELINE", help="start the run from this saved pipeline (e.g. the "
+                        "shipped fp16 model, trained in float32) instead of the config's `model`: for later stages "
+                        "such as `onestep`; only used while the run holds no pipeline yet")
+    parser.add_argument("--output-dir", metavar="DIR", help="the run's folder, instead of the config's `output_dir`")
     args = parser.parse_args(argv)
     if not args.stage and args.vae_from is None:
         parser.error("pass --stage (or --vae-from to only start a run from a trained VAE)")
     if args.vae_from is not None and "vae" in args.stage:
         parser.error("--vae-from replaces the `vae` stage; drop it from --stage")
+    if args.pipeline_from is not None and (args.vae_from is not None or "vae" in args.stage):
+        parser.error("--pipeline-from starts from a trained pipeline; drop --vae-from and the `vae` stage")
     if args.export_fp16 is not None and (args.stop_after is not None or not args.stage):
         parser.error("--export-fp16 needs finished stages; pass --stage and drop --stop-after")
     config = TrainingConfig.from_file(args.config)
+    if args.output_dir is not None:
+        config.output_dir = args.output_dir
+    if args.pipeline_from is not None:
+        config.model = {"pipeline": args.pipeline_from}
     accelerator = Accelerator()
     if args.vae_from is not None:
         if accelerator.is_main_process:

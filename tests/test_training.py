@@ -45,7 +45,9 @@ def run_config(photos, output_dir, steps=6, ema=None) -> TrainingConfig:
     })
 
 
-@pytest.mark.parametrize("stage", STAGES)
+# `onestep` decodes through the tiny pipeline's untrained VAE, which bounds its loss (0.60 even for the true layers'
+# latents): tests/test_onestep.py checks its own decrease.
+@pytest.mark.parametrize("stage", [stage for stage in STAGES if stage != "onestep"])
 def test_each_stage_loss_goes_down_on_a_fixed_batch(photos, stage, tmp_path):
     config = run_config(photos, tmp_path)
     pipe = build_pipeline()
