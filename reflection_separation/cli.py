@@ -304,6 +304,12 @@ def _check_options(args: argparse.Namespace, pipe) -> None:
         raise UsageError(
             f"--resolution must be 0 (native size) or at least {multiple} for this model, got {args.resolution}."
         )
+    if args.one_step is not None and args.steps is not None and args.one_step != (args.steps == 1):
+        raise UsageError(f"--{'' if args.one_step else 'no-'}one-step contradicts --steps {args.steps}: one-step "
+                         "separation is one UNet call (--steps 1 runs it too); pass only one of them.")
+    if args.composition_guidance == "full" and (args.one_step or args.steps == 1):
+        raise UsageError("--composition-guidance full needs the sampling loop; one-step separation takes 'fast' or "
+                         "'off'.")
 
 
 class Reporter:
@@ -406,6 +412,7 @@ def run_separate(args: argparse.Namespace) -> int:
             "composition_guidance": args.composition_guidance,
             "composition_guidance_scale": args.composition_guidance_scale,
             "cuda_graphs": False if args.no_cuda_graphs else None,
+            "one_step": args.one_step,
         }
         call_kwargs = {key: value for key, value in call_kwargs.items() if value is not None}
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -512,6 +519,12 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help="saved ReflectionSeparationPipeline folder or Hugging Face Hub id (default: the bundled model)",
     )
     parser.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's)")
+    parser.add_argument(
+        "--one-step",
+        action=argparse.BooleanOptionalAction,
+        help="separate with one UNet call (deterministic; what the `onestep` training stage fine-tunes for); "
+        "--no-one-step samples with the loop on a model saved as one-step (default: the model's)",
+    )
     parser.add_argument(
         "--resolution",
         type=_non_negative_int,

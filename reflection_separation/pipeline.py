@@ -340,10 +340,10 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         """Validate call arguments; raise ``ValueError``/``TypeError`` naming the argument and its valid values."""
         if one_step and composition_guidance == "full":
             raise ValueError(
-                "`composition_guidance='full'` differentiates the composition loss through the UNet with respect to the "
-                "noisy latents, which one-step separation does not have (it starts from a fixed zero latent). Pass "
-                "`composition_guidance='fast'` (gradient steps on the one-step estimate) or 'off', or sample with "
-                "`one_step=False`."
+                "`composition_guidance='full'` differentiates the composition loss through the UNet with respect to "
+                "the noisy latents, which one-step separation does not have (it starts from a fixed zero latent). "
+                "Pass `composition_guidance='fast'` (gradient steps on the one-step estimate) or 'off', or sample "
+                "with `one_step=False`."
             )
         if detail_transfer not in DETAIL_TRANSFER_MODES:
             raise ValueError(f"`detail_transfer` must be one of {DETAIL_TRANSFER_MODES}, got {detail_transfer!r}.")
@@ -524,8 +524,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             one_step = num_inference_steps == 1 if num_inference_steps is not None else config.default_one_step
         elif num_inference_steps is not None and one_step != (num_inference_steps == 1):
             raise ValueError(
-                f"`one_step={one_step}` contradicts `num_inference_steps={num_inference_steps}`: one-step separation is "
-                "one UNet call; pass only one of them."
+                f"`one_step={one_step}` contradicts `num_inference_steps={num_inference_steps}`: one-step separation "
+                "is one UNet call; pass only one of them."
             )
         if one_step:
             num_inference_steps = 1

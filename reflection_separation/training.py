@@ -613,7 +613,8 @@ def validate(
             metrics["val_l_comp_sum_baseline"] = ((latents[0] + latents[1] - latents[2]) ** 2).mean().item()
             shown = [batch["mixture"]]
         else:
-            steps = {"one_step": True} if stage == "onestep" else {"num_inference_steps": config.validation_inference_steps}
+            steps = ({"one_step": True} if stage == "onestep"
+                     else {"num_inference_steps": config.validation_inference_steps})
             out = pipe(
                 list(batch["mixture"]),
                 **steps,

@@ -69,8 +69,8 @@ def test_one_step_is_one_unet_call_deterministic_and_equals_num_inference_steps_
     image = random_image(rng)
     calls = count_unet_calls(pipe)
     steps = []
-    a = pipe(image, one_step=True, generator=generator(0), callback_on_step_end=lambda p, i, t, k: steps.append(int(t)) or {},
-             **ONE_STEP)
+    a = pipe(image, one_step=True, generator=generator(0),
+             callback_on_step_end=lambda p, i, t, k: steps.append(int(t)) or {}, **ONE_STEP)
     assert len(calls) == 1 and steps == [999] and pipe.num_timesteps == 1
     b = pipe(image, num_inference_steps=1, generator=generator(1), **ONE_STEP)
     for layer in ("transmission", "reflection"):
@@ -172,7 +172,7 @@ def test_onestep_stage_trains_the_unet_and_saves_a_one_step_pipeline(tmp_path):
     losses = [record["loss"] for record in log if "loss" in record]
     assert len(losses) == 6 and all(np.isfinite(losses)) and min(losses[3:]) < losses[0], losses
     validation = [record for record in log if "val_psnr_t" in record]
-    assert len(validation) == 1 and np.isfinite(validation[0]["val_psnr_t"]) and np.isfinite(validation[0]["val_psnr_r"])
+    assert len(validation) == 1 and np.isfinite([validation[0]["val_psnr_t"], validation[0]["val_psnr_r"]]).all()
 
     trained = ReflectionSeparationPipeline.from_pretrained(config.pipeline_dir)
     assert trained.config.default_one_step is True
@@ -186,3 +186,34 @@ def test_onestep_stage_trains_the_unet_and_saves_a_one_step_pipeline(tmp_path):
     out = trained(np.random.default_rng(0).random((40, 40, 3), dtype=np.float32), processing_resolution=32,
                   output_type="np")
     assert len(calls) == 1 and out.transmission.shape == (1, 40, 40, 3)
+
+
+def test_cli_one_step_flags(tmp_path, capsys):
+    from PIL import Image
+
+    from reflection_separation import cli
+
+    pipe = tiny("v_prediction")
+    pipe.register_to_config(default_denoising_steps=2, default_processing_resolution=32)
+    pipe.save_pretrained(tmp_path / "model")
+    photo = Image.fromarray((np.random.default_rng(0).random((40, 36, 3)) * 255).astype(np.uint8))
+    photo.save(tmp_path / "a.png")
+
+    def separate(out: str, *options: str) -> tuple[np.ndarray, np.ndarray]:
+        code = cli.main(["separate", str(tmp_path / "a.png"), "-o", str(tmp_path / out), "--model",
+                         str(tmp_path / "model"), "--quiet", *options])
+        assert code == 0
+        return tuple(np.asarray(Image.open(tmp_path / out / f"a_{layer}.png")) for layer in ("transmission", "reflection"))
+
+    one_step = separate("one", "--one-step", "--seed", "1")
+    expected = pipe(photo, one_step=True)
+    np.testing.assert_array_equal(one_step[0], np.asarray(expected.transmission[0]))
+    np.testing.assert_array_equal(one_step[1], np.asarray(expected.reflection[0]))
+    np.testing.assert_array_equal(separate("steps1", "--steps", "1")[0], one_step[0])
+    assert np.abs(separate("loop")[0].astype(int) - one_step[0]).max() > 0  # the model's default: 2 steps
+
+    for options in (["--one-step", "--steps", "3"], ["--no-one-step", "--steps", "1"],
+                    ["--one-step", "--composition-guidance", "full"]):
+        assert cli.main(["separate", str(tmp_path / "a.png"), "-o", str(tmp_path / "bad"), "--model",
+                         str(tmp_path / "model"), "--quiet", *options]) == 2
+    assert "--one-step contradicts --steps 3" in capsys.readouterr().err
