@@ -11,7 +11,8 @@ is loaded once and runs one request at a time; other requests wait in Gradio's q
 
 ``build_demo(pipe)`` builds the interface around any loaded ``ReflectionSeparationPipeline`` (the tests use a
 tiny one); its endpoint ``/separate`` takes ``(image, steps, disjoint_strength, fgfm_strength, composition_guidance,
-composition_guidance_scale, processing_resolution, seed)`` and returns ``(transmission, reflection, before_after, info)``.
+composition_guidance_scale, processing_resolution, seed, one_step)`` (``one_step`` optional, default off) and returns
+``(transmission, reflection, before_after, info)``.
 """
 
 from __future__ import annotations
@@ -202,6 +203,7 @@ def make_separate_fn(pipe):
         composition_guidance_scale,
         processing_resolution,
         seed,
+        one_step=False,
         progress=gr.Progress(),  # noqa: B008 - the Gradio idiom for a progress tracker
     ):
         if image is None:
@@ -218,6 +220,7 @@ def make_separate_fn(pipe):
                 f"Guidance must be one of {', '.join(GUIDANCE_CHOICES)}, got {composition_guidance!r}."
             )
         steps, resolution, seed = int(num_inference_steps), int(processing_resolution), int(seed)
+        steps = 1 if one_step else steps  # the one-step path ignores the slider (steps=1 takes that path too)
         if not 0 <= seed < 2**63:
             raise _user_error(f"Seed must be between 0 and 2^63 - 1, got {seed}.")
 
@@ -233,6 +236,7 @@ def make_separate_fn(pipe):
                     image,
                     num_inference_steps=steps,
                     processing_resolution=resolution,
+                    one_step=bool(one_step) or None,
                     disjoint_strength=float(disjoint_strength),
                     fgfm_strength=float(fgfm_strength),
                     composition_guidance=composition_guidance,
@@ -253,7 +257,8 @@ def make_separate_fn(pipe):
         before = image.convert("RGB")
         comparison = (before, transmission) if HAS_IMAGE_SLIDER else _side_by_side(before, transmission)
         info = (
-            f"{image.width}x{image.height} px in {elapsed:.1f} s on {pipe.device} - {steps} steps, "
+            f"{image.width}x{image.height} px in {elapsed:.1f} s on {pipe.device} - "
+            f"{'one step (one UNet call)' if steps == 1 else f'{steps} steps'}, "
             f"k={float(disjoint_strength):g}, w={float(fgfm_strength):g}, guidance {composition_guidance}"
             f" (scale {float(composition_guidance_scale):g}), processing resolution {resolution or 'native'}, seed {seed}."
         )
@@ -307,6 +312,11 @@ def build_demo(pipe, examples: Sequence[tuple[str, Image.Image]] | None = None) 
                     1, max(100, default_steps), value=default_steps, step=1, label="Denoising steps",
                     info="more steps: slower, usually cleaner",
                 )
+                one_step = gr.Checkbox(
+                    value=bool(config.get("default_one_step")), label="One step",
+                    info="one UNet call instead of the steps above: fast and deterministic; best with a model "
+                    "fine-tuned for it (training stage `onestep`)",
+                )
                 disjoint = gr.Slider(
                     0.0, 1.0, value=default_k, step=0.05, label="Disjoint strength k",
                     info="pushes the two layers apart; 0 turns disjoint sampling off (paper: 0.2)",
@@ -358,7 +368,7 @@ def build_demo(pipe, examples: Sequence[tuple[str, Image.Image]] | None = None) 
             extra["show_progress_on"] = [comparison, transmission, reflection]
         run.click(
             make_separate_fn(pipe),
-            inputs=[photo, steps, disjoint, fgfm, guidance, scale, resolution, seed],
+            inputs=[photo, steps, disjoint, fgfm, guidance, scale, resolution, seed, one_step],
             outputs=[transmission, reflection, comparison, info],
             api_name="separate",
             concurrency_limit=1,

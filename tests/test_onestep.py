@@ -217,3 +217,25 @@ def test_cli_one_step_flags(tmp_path, capsys):
         assert cli.main(["separate", str(tmp_path / "a.png"), "-o", str(tmp_path / "bad"), "--model",
                          str(tmp_path / "model"), "--quiet", *options]) == 2
     assert "--one-step contradicts --steps 3" in capsys.readouterr().err
+
+
+def test_gradio_one_step_checkbox():
+    pytest.importorskip("gradio")
+    from PIL import Image
+
+    from .conftest import load_script
+
+    app = load_script("examples/gradio_app.py")
+    pipe = tiny("v_prediction")
+    pipe.register_to_config(default_one_step=True)
+    demo = app.build_demo(pipe, examples=[])
+    checkboxes = [block for block in demo.blocks.values() if type(block).__name__ == "Checkbox"]
+    assert [(box.label, box.value) for box in checkboxes] == [("One step", True)]  # the model's default
+    photo = Image.fromarray((np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8))
+    separate = app.make_separate_fn(pipe)
+    transmission, reflection, _, info = separate(photo, 20, 0.2, 0.8, "off", 0.01, 32, 5, True)
+    expected = pipe(photo, one_step=True, processing_resolution=32)
+    np.testing.assert_array_equal(np.asarray(transmission), np.asarray(expected.transmission[0]))
+    np.testing.assert_array_equal(np.asarray(reflection), np.asarray(expected.reflection[0]))
+    assert "one step (one UNet call)" in info
+    assert "2 steps" in separate(photo, 2, 0.2, 0.8, "off", 0.01, 32, 5, False)[3]
