@@ -1314,6 +1314,11 @@ class FGFMAutoencoderKL(AutoencoderKL):
 # 4. scheduler step of each branch with its ``eps'`` at its (updated) ``z_t``.
 #
 # After the loop both latents are decoded by the FGFM decoder, fed the mixture's encoder features.
+#
+# One-step mode (``one_step=True``, ``num_inference_steps=1``, or a model saved with ``default_one_step``) skips the
+# loop: the UNet runs once at the last training timestep on a zero start latent and its clean-latent estimate of both
+# layers is decoded (:meth:`ReflectionSeparationPipeline.one_step_latents`); the ``onestep`` training stage fine-tunes
+# a UNet for it end to end.
 
 
 TRANSMISSION_PROMPT = "Transmission"
@@ -1399,9 +1404,12 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         composition_net: the learned latent composition ``C``.
         default_denoising_steps, default_processing_resolution, default_disjoint_strength,
         default_fgfm_strength, default_composition_guidance, default_composition_guidance_scale,
-        default_composition_guidance_steps: values used when the call leaves the matching argument as ``None``;
+        default_composition_guidance_steps, default_detail_transfer: values used when the call leaves the matching
+            argument as ``None``;
             saved with the model (configs saved with the earlier ``default_guidance_mode``/``_scale``/``_steps``
             keys load too, see :data:`RENAMED_CONFIG_KEYS`).
+        default_one_step: the UNet was fine-tuned for one-step separation (the ``onestep`` training stage), so calls
+            that give neither ``one_step`` nor ``num_inference_steps`` run one step.
         cross_layer_attention: install CLSA on every self-attention (False gives the paper's baseline).
         min_input_size, max_input_size: accepted image side lengths in pixels.
         transmission_prompt, reflection_prompt: the two fixed prompts.
@@ -1428,6 +1436,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         default_composition_guidance_scale: float = 0.01,
         default_composition_guidance_steps: int = 1,
         default_detail_transfer: str = "none",
+        default_one_step: bool = False,
         cross_layer_attention: bool = True,
         min_input_size: int = 16,
         max_input_size: int = 8192,
@@ -1452,6 +1461,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             default_composition_guidance_scale=default_composition_guidance_scale,
             default_composition_guidance_steps=default_composition_guidance_steps,
             default_detail_transfer=default_detail_transfer,
+            default_one_step=default_one_step,
             cross_layer_attention=cross_layer_attention,
             min_input_size=min_input_size,
             max_input_size=max_input_size,
@@ -1544,6 +1554,37 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         unet_input = torch.cat([latent_input, conditioning.to(latent_input.dtype)], dim=1)
         return self.unet(unet_input, timestep, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
 
+    def one_step_latents(
+        self,
+        mixture_latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        predict_noise: Callable[..., torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Both layers' clean latents ``[T rows; R rows]`` from one UNet call, differentiable (the ``onestep`` stage
+        trains through it).
+
+        The UNet sees the last timestep of the scheduler's training schedule and a zero start latent, and its output
+        is read as a clean-latent estimate according to the scheduler's ``prediction_type`` (``to_sample``). Zero,
+        not noise: on a zero-terminal-SNR schedule the last timestep's latent is pure noise that says nothing about
+        the image, and its mean, zero, makes the step deterministic (Garcia et al., WACV 2025, fine-tune depth
+        estimators the same way). Every scheduler's ``scale_model_input`` keeps zero at zero, so no scheduler state
+        is involved. ``predict_noise`` replaces :meth:`predict_noise` (the CUDA-graphed one).
+        """
+        timestep = self.scheduler.config.num_train_timesteps - 1
+        alpha_prod = self.scheduler.alphas_cumprod[timestep].to(torch.float64)
+        prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
+        if prediction_type == "epsilon" and alpha_prod == 0:
+            raise ValueError(
+                "One-step separation reads the clean latents from the UNet's output at the last timestep, where this "
+                "zero-terminal-SNR schedule leaves no signal: an epsilon-prediction model says nothing about the image "
+                "there. Use a v-prediction (or sample-prediction) model, or sample with `num_inference_steps` > 1."
+            )
+        rows = 2 * mixture_latents.shape[0]
+        start = torch.zeros((rows, *mixture_latents.shape[1:]), device=mixture_latents.device, dtype=self.unet.dtype)
+        timesteps = torch.full((), timestep, device=mixture_latents.device, dtype=torch.long)
+        output = (predict_noise or self.predict_noise)(start, timesteps, mixture_latents, prompt_embeds)
+        return to_sample(output, start, alpha_prod, prediction_type)
+
     def progress_bar(self, iterable=None, total=None, desc: str | None = None, leave: bool = True):
         """diffusers' progress bar with a description; ``set_progress_bar_config`` still overrides it."""
         config = {"desc": desc, "leave": leave, **getattr(self, "_progress_bar_config", {})}
@@ -1571,8 +1612,16 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         tile_size: int | None = None,
         tile_overlap: int | None = None,
         detail_transfer: str = "none",
+        one_step: bool = False,
     ) -> None:
         """Validate call arguments; raise ``ValueError``/``TypeError`` naming the argument and its valid values."""
+        if one_step and composition_guidance == "full":
+            raise ValueError(
+                "`composition_guidance='full'` differentiates the composition loss through the UNet with respect to "
+                "the noisy latents, which one-step separation does not have (it starts from a fixed zero latent). "
+                "Pass `composition_guidance='fast'` (gradient steps on the one-step estimate) or 'off', or sample "
+                "with `one_step=False`."
+            )
         if detail_transfer not in DETAIL_TRANSFER_MODES:
             raise ValueError(f"`detail_transfer` must be one of {DETAIL_TRANSFER_MODES}, got {detail_transfer!r}.")
 
@@ -1688,6 +1737,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         tile_overlap: int | None = None,
         guidance_checkpointing: bool = False,
         cuda_graphs: bool | None = None,
+        one_step: bool | None = None,
         **kwargs,
     ) -> ReflectionSeparationPipelineOutput | tuple:
         """Separate each image into transmission and reflection.
@@ -1695,7 +1745,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         Args:
             image: a PIL image, numpy array (``HW``/``HWC``/``NHWC``), torch tensor (``HW``/``CHW``/``NCHW``),
                 or a list of them; uint8/uint16, or float in [0, 1]. Images may differ in size.
-            num_inference_steps: sampling steps (default from the config).
+            num_inference_steps: sampling steps (default from the config); 1 runs the one-step path (see
+                ``one_step``) on any model.
             processing_resolution: long side the image is resized to before encoding; 0 keeps the native
                 size (default from the config; the paper uses 960).
             match_input_resolution: resize the outputs back to each input's size.
@@ -1733,10 +1784,31 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             cuda_graphs: replay the denoising loop's UNet calls from CUDA graphs (captured on the first call of
                 each latent shape, kept for later calls); ``None`` (default) turns them on for CUDA devices without
                 CPU offload. ``False`` runs every call eagerly.
+            one_step: separate with one UNet call instead of the sampling loop: the UNet at the last training
+                timestep on a zero start latent gives both layers' clean latents, which are decoded as usual
+                (:meth:`one_step_latents`; what the ``onestep`` training stage fine-tunes for). It is deterministic
+                (``generator`` does not matter), skips disjoint sampling (a trajectory has no steps to push apart)
+                and runs no composition guidance unless ``composition_guidance="fast"`` is passed explicitly, which
+                then takes ``composition_guidance_steps`` gradient steps of ``L_comp`` on the estimate itself
+                (``"full"`` raises a ``ValueError``). ``callback_on_step_end`` is called once, with the estimate as
+                ``latents``. ``None``: ``num_inference_steps == 1`` if that is given, else the config's
+                ``default_one_step``; ``True`` with ``num_inference_steps`` > 1, or ``False`` with 1, raises a
+                ``ValueError``.
         """
         check_renamed_arguments(kwargs)
         config = self.config
-        num_inference_steps = num_inference_steps if num_inference_steps is not None else config.default_denoising_steps
+        if one_step is None:
+            one_step = num_inference_steps == 1 if num_inference_steps is not None else config.default_one_step
+        elif num_inference_steps is not None and one_step != (num_inference_steps == 1):
+            raise ValueError(
+                f"`one_step={one_step}` contradicts `num_inference_steps={num_inference_steps}`: one-step separation "
+                "is one UNet call; pass only one of them."
+            )
+        if one_step:
+            num_inference_steps = 1
+            composition_guidance = composition_guidance or "off"  # only explicitly asked-for guidance in one step
+        elif num_inference_steps is None:
+            num_inference_steps = config.default_denoising_steps
         if processing_resolution is None:
             processing_resolution = config.default_processing_resolution
         disjoint_strength = disjoint_strength if disjoint_strength is not None else config.default_disjoint_strength
@@ -1772,6 +1844,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             tile_size,
             tile_overlap,
             detail_transfer,
+            one_step,
         )
         self.image_processor.check_size(tensors, config.min_input_size, max_input_size)
         if config.cross_layer_attention and not uses_cross_layer_attention(self.unet):
@@ -1820,12 +1893,16 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             mixture_latents, mixture_features = self.encode_mixture(pixels)
             prompt_embeds = self.layer_prompt_batch(prompt_pair, batch)
 
-            # 5-6. Initial noise [T rows; R rows], then denoise.
-            latents = self._denoise(
-                images, mixture_latents, prompt_embeds, num_inference_steps, generator, sampler, disjoint_strength,
-                guidance, composition_guidance, guidance_checkpointing, predict_noise, callback_on_step_end,
-                callback_on_step_end_tensor_inputs,
-            )
+            # 5-6. Initial noise [T rows; R rows], then denoise (or one UNet call).
+            if one_step:
+                latents = self._denoise_one_step(mixture_latents, prompt_embeds, guidance, predict_noise,
+                                                 callback_on_step_end, callback_on_step_end_tensor_inputs)
+            else:
+                latents = self._denoise(
+                    images, mixture_latents, prompt_embeds, num_inference_steps, generator, sampler,
+                    disjoint_strength, guidance, composition_guidance, guidance_checkpointing, predict_noise,
+                    callback_on_step_end, callback_on_step_end_tensor_inputs,
+                )
 
             # 7. Decode with FGFM (unless the latents are the output); rows [T; R] of each unit.
             if output_type != "latent":
@@ -1916,13 +1993,50 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                 guidance, guidance_mode, guidance_checkpointing, predict_noise,
             )
             latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
-
-            if callback_on_step_end is not None:
-                available = {"latents": latents, "mixture_latents": mixture_latents, "prompt_embeds": prompt_embeds}
-                callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs or []}
-                callback_outputs = callback_on_step_end(self, step, t, callback_kwargs)
-                latents = (callback_outputs or {}).get("latents", latents)
+            latents = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, step, t, latents,
+                                          mixture_latents, prompt_embeds)
         return latents
+
+    def _denoise_one_step(
+        self,
+        mixture_latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        guidance: LatentCompositionGuidance | None,
+        predict_noise: Callable[..., torch.Tensor],
+        callback_on_step_end: Callable | None,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+    ) -> torch.Tensor:
+        """One-step separation of one batch: :meth:`one_step_latents`, then the guidance's gradient steps on the
+        estimate itself (if any; with ``a_t = 0`` each moves it by ``composition_guidance_scale`` of its norm) and the
+        step callback. Returns the clean latents ``[T rows; R rows]``."""
+        bar = self.progress_bar(total=1, desc="Denoising", leave=False)
+        latents = self.one_step_latents(mixture_latents, prompt_embeds, predict_noise)
+        if guidance is not None:
+            latents = guidance(latents, lambda x0: x0, mixture_latents, torch.zeros((), dtype=torch.float64))
+        timestep = torch.tensor(self.scheduler.config.num_train_timesteps - 1)
+        latents = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, 0, timestep, latents,
+                                      mixture_latents, prompt_embeds)
+        bar.update(1)
+        bar.close()
+        return latents
+
+    def _step_callback(
+        self,
+        callback_on_step_end: Callable | None,
+        tensor_inputs: list[str] | None,
+        step: int,
+        timestep: torch.Tensor | int,
+        latents: torch.Tensor,
+        mixture_latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+    ) -> torch.Tensor:
+        """Run ``callback_on_step_end`` (if any) on the requested tensors; returns its replacement latents, if any."""
+        if callback_on_step_end is None:
+            return latents
+        available = {"latents": latents, "mixture_latents": mixture_latents, "prompt_embeds": prompt_embeds}
+        callback_kwargs = {k: available[k] for k in tensor_inputs or []}
+        callback_outputs = callback_on_step_end(self, step, timestep, callback_kwargs)
+        return (callback_outputs or {}).get("latents", latents)
 
     def _assemble(
         self,
