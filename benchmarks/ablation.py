@@ -8,6 +8,8 @@ Rows (as in the paper's ablation, plus FGFM and the control):
   +CLSA +latent guidance            guidance "fast"
   full (+disjoint, +FGFM)           k = 0.2, guidance "fast", w = 0.8 (the defaults of the method)
   full without FGFM                 w = 0
+  one-step                          the trained pipeline in one UNet call (``one_step=True``, w = 0.8)
+  one-step, fine-tuned              a pipeline from the ``onestep`` training stage, one step (optional)
 
 With `--synthesis-config` the mixtures follow a training config's `synthesis` recipes; `--per-recipe N` adds, for
 each recipe alone, N mixtures scored for the input, the control and the full method.
@@ -55,6 +57,8 @@ METHOD_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("+CLSA +latent guidance", "main", _settings(0.0, "fast", 0.0)),
     ("full (+disjoint, +FGFM)", "main", _settings(0.2, "fast", 0.8)),
     ("full without FGFM", "main", _settings(0.2, "fast", 0.0)),
+    ("one-step", "main", {"one_step": True, "fgfm_strength": 0.8}),
+    ("one-step, fine-tuned", "onestep", {"one_step": True, "fgfm_strength": 0.8}),
 ]
 
 
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pipeline", required=True, help="trained pipeline folder (with CLSA)")
     parser.add_argument("--baseline", help="pipeline folder whose UNet was trained without CLSA")
     parser.add_argument("--control", help="control regressor folder (training stage `control`)")
+    parser.add_argument("--onestep-pipeline", help="pipeline folder from the `onestep` training stage")
     parser.add_argument("--photos", required=True, help="the photo folder the models were trained from")
     parser.add_argument("--validation-fraction", type=float, default=0.1, help="as in the training config")
     parser.add_argument("--num-images", type=int, default=32)
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metrics, seconds = run_control_row(regressor, items, args.device)
         rows.append({"name": "control regressor", "metrics": metrics, "seconds": seconds})
 
-    pipelines = {"main": args.pipeline, "baseline": args.baseline}
+    pipelines = {"main": args.pipeline, "baseline": args.baseline, "onestep": args.onestep_pipeline}
     loaded: dict[str, ReflectionSeparationPipeline] = {}
     for name, which, settings in METHOD_ROWS:
         if pipelines[which] is None:
@@ -168,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             loaded[which] = ReflectionSeparationPipeline.from_pretrained(pipelines[which], torch_dtype=torch.float32)
             loaded[which].to(args.device).set_progress_bar_config(disable=True)
         pipe = loaded[which]
-        steps = args.steps or pipe.config.default_denoising_steps
+        steps = 1 if settings.get("one_step") else args.steps or pipe.config.default_denoising_steps
         metrics, seconds = run_pipeline_row(pipe, items, settings, steps, args.batch_size, args.seed)
         rows.append({"name": name, "settings": {**settings, "num_inference_steps": steps}, "metrics": metrics,
                      "seconds": seconds})

@@ -18,17 +18,22 @@ def test_ablation_rows_on_tiny_models(tmp_path):
     baseline.register_to_config(cross_layer_attention=False)
     baseline.save_pretrained(tmp_path / "baseline")
     build_control_regressor((8, 16)).save_pretrained(tmp_path / "control")
+    onestep = build_pipeline(seed=2)
+    onestep.register_to_config(default_one_step=True)
+    onestep.save_pretrained(tmp_path / "onestep")
 
     output = tmp_path / "ablation.json"
     report = load_script("benchmarks/ablation.py").main([
         "--pipeline", str(tmp_path / "main"), "--baseline", str(tmp_path / "baseline"),
-        "--control", str(tmp_path / "control"), "--photos", str(photos), "--validation-fraction", "0.4",
+        "--control", str(tmp_path / "control"), "--onestep-pipeline", str(tmp_path / "onestep"),
+        "--photos", str(photos), "--validation-fraction", "0.4",
         "--num-images", "3", "--resolution", "32", "--steps", "2", "--batch-size", "2", "--device", "cpu",
         "--output", str(output),
     ])
     names = [row["name"] for row in report["rows"]]
     assert names == ["mixture as T", "control regressor", "baseline (fine-tune only)", "+CLSA",
-                     "+CLSA +latent guidance", "full (+disjoint, +FGFM)", "full without FGFM"]
+                     "+CLSA +latent guidance", "full (+disjoint, +FGFM)", "full without FGFM", "one-step",
+                     "one-step, fine-tuned"]
     for row in report["rows"]:
         assert row["metrics"]["count"] == 3 and np.isfinite(row["metrics"]["t_psnr"])
     assert "r_psnr" not in report["rows"][0]["metrics"] and np.isfinite(report["rows"][1]["metrics"]["r_psnr"])
@@ -36,6 +41,11 @@ def test_ablation_rows_on_tiny_models(tmp_path):
     clsa, full = report["rows"][3]["metrics"], report["rows"][5]["metrics"]
     assert clsa["t_psnr"] != full["t_psnr"]
     assert json.loads(output.read_text())["rows"][3]["settings"]["composition_guidance"] == "off"
+    one_step, fine_tuned = report["rows"][7:]
+    assert one_step["settings"] == fine_tuned["settings"] == {"one_step": True, "fgfm_strength": 0.8,
+                                                             "num_inference_steps": 1}
+    assert one_step["metrics"]["t_psnr"] != fine_tuned["metrics"]["t_psnr"]  # another UNet
+    assert one_step["metrics"]["t_psnr"] != full["t_psnr"]
     assert output.with_suffix(".md").read_text().startswith("| Row")
 
 

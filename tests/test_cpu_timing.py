@@ -19,5 +19,7 @@ def test_cpu_timing_writes_its_report(tmp_path):
     assert json.loads(output.read_text()) == report
     assert len(report["seconds"]) == 2 and all(s > 0 for s in report["seconds"])
     assert report["median_seconds"] == sum(report["seconds"]) / 2
+    assert len(report["one_step_seconds"]) == 2 and all(s > 0 for s in report["one_step_seconds"])
+    assert report["one_step_median_seconds"] == sum(report["one_step_seconds"]) / 2
     assert report["output_size"] == [40, 40]
     assert report["settings"]["threads"] == 1 and report["settings"]["num_inference_steps"] >= 1
