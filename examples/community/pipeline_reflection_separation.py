@@ -2091,6 +2091,20 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         save_pipeline(self, save_directory, super().save_pretrained, **kwargs)
 
     @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs
+    ) -> ReflectionSeparationPipeline:
+        """``DiffusionPipeline.from_pretrained``; without ``torch_dtype`` (or ``dtype``) every loaded component is
+        float32, whatever its saved weights (transformers 5 keeps a CLIP text encoder saved in fp16 in fp16, which
+        then meets the float32 UNet). Components passed in ``kwargs`` are left as given."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if kwargs.get("torch_dtype") is None and kwargs.get("dtype") is None:
+            for name, component in pipe.components.items():
+                if name not in kwargs and isinstance(component, nn.Module):
+                    component.to(dtype=torch.float32)
+        return pipe
+
+    @classmethod
     def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs):
         """diffusers' ``extract_init_dict`` on a config whose :data:`RENAMED_CONFIG_KEYS` were renamed (a key of the
         current name wins), so folders saved before the rename load with the same defaults."""
