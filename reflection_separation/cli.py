@@ -384,6 +384,8 @@ def run_separate(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     model = resolve_model(args.model)
     device = resolve_device(processes.device(args.device), args.dtype)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # the CUDA graphs' side stream is made on the current device
 
     failed = 0
     for spec in missing if processes.is_main else ():
