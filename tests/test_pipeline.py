@@ -20,6 +20,8 @@ from reflection_separation.components import build_pipeline, make_clip_tokenizer
 
 from .conftest import FAST, generator, random_image
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def test_output_shapes_types_and_ranges(tiny_pipe, rng):
     image = random_image(rng, 50, 37)
