@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from reflection_separation import ReflectionSeparationPipeline
 from reflection_separation.attention import uses_cross_layer_attention
 
 from .conftest import FAST, generator, random_image
@@ -135,3 +136,38 @@ def test_uncertainty_has_the_output_format_and_follows_residual_detail_transfer(
 def test_invalid_ensemble_arguments_raise_a_value_error_saying_what_to_pass(tiny_pipe, kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny_pipe(**get_dummy_inputs(**kwargs))
+
+
+# ------------------------------------------------------------------------------------------- components, dtypes
+
+
+def test_components_function(tiny_pipe):
+    """diffusers' ``test_components_function``: ``pipe.components`` holds every module and rebuilds the pipeline."""
+    assert set(tiny_pipe.components) == {"vae", "unet", "text_encoder", "tokenizer", "scheduler", "composition_net"}
+    rebuilt = ReflectionSeparationPipeline(**tiny_pipe.components)
+    rebuilt.set_progress_bar_config(disable=True)
+    assert max_diff(rebuilt(**get_dummy_inputs()).transmission, tiny_pipe(**get_dummy_inputs()).transmission) < 1e-6
+
+
+def test_to_dtype(tiny_pipe):
+    """diffusers' ``test_to_dtype``: ``pipe.to(dtype)`` casts every module component."""
+    modules = [c for c in tiny_pipe.components.values() if isinstance(c, torch.nn.Module)]
+    assert {module.dtype for module in modules} == {torch.float32}
+    tiny_pipe.to(dtype=torch.bfloat16)
+    assert {module.dtype for module in modules} == {torch.bfloat16}
+
+
+def test_save_load_float16(tiny_pipe, tmp_path):
+    """diffusers' ``test_save_load_float16``: fp16 weights load in fp16 with ``torch_dtype``; without it (issue #22)
+    every component, the CLIP text encoder included, is float32 and separates as the fp16 weights cast to float32."""
+    tiny_pipe.to(torch.float16).save_pretrained(tmp_path)
+    modules = ("vae", "unet", "text_encoder", "composition_net")
+    half = ReflectionSeparationPipeline.from_pretrained(tmp_path, torch_dtype=torch.float16)
+    assert {getattr(half, name).dtype for name in modules} == {torch.float16}
+    loaded = ReflectionSeparationPipeline.from_pretrained(tmp_path)
+    assert {getattr(loaded, name).dtype for name in modules} == {torch.float32}
+    loaded.set_progress_bar_config(disable=True)
+    tiny_pipe.to(torch.float32)  # the fp16-rounded weights, back in float32
+    expected, output = tiny_pipe(**get_dummy_inputs()), loaded(**get_dummy_inputs())
+    assert max_diff(output.transmission, expected.transmission) < 1e-5
+    assert max_diff(output.reflection, expected.reflection) < 1e-5
