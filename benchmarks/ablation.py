@@ -8,6 +8,7 @@ Rows (as in the paper's ablation, plus FGFM and the control):
   +CLSA +latent guidance            guidance "fast"
   full (+disjoint, +FGFM)           k = 0.2, guidance "fast", w = 0.8 (the defaults of the method)
   full without FGFM                 w = 0
+  full, ensemble of N               with `--ensemble-size N`: the full method, per-pixel median of N separations
 
 With `--synthesis-config` the mixtures follow a training config's `synthesis` recipes; `--per-recipe N` adds, for
 each recipe alone, N mixtures scored for the input, the control and the full method.
@@ -56,6 +57,14 @@ METHOD_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("full (+disjoint, +FGFM)", "main", _settings(0.2, "fast", 0.8)),
     ("full without FGFM", "main", _settings(0.2, "fast", 0.0)),
 ]
+
+
+def method_rows(ensemble_size: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """:data:`METHOD_ROWS`, plus the full method with an ensemble of ``ensemble_size`` when that is above 1."""
+    if ensemble_size == 1:
+        return METHOD_ROWS
+    _, which, settings = METHOD_ROWS[3]
+    return [*METHOD_ROWS, (f"full, ensemble of {ensemble_size}", which, {**settings, "ensemble_size": ensemble_size})]
 
 
 def to_hwc(image: torch.Tensor) -> np.ndarray:
@@ -138,7 +147,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num-images", type=int, default=32)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="separations per batch (an ensemble member is one)")
+    parser.add_argument("--ensemble-size", type=int, default=1, metavar="N",
+                        help="also score the full method with an ensemble of N (per-pixel median), N > 1")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", required=True, help="JSON path; a Markdown table is written beside it")
@@ -161,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     pipelines = {"main": args.pipeline, "baseline": args.baseline}
     loaded: dict[str, ReflectionSeparationPipeline] = {}
-    for name, which, settings in METHOD_ROWS:
+    for name, which, settings in method_rows(args.ensemble_size):
         if pipelines[which] is None:
             continue
         if which not in loaded:
