@@ -10,6 +10,7 @@ Rows (as in the paper's ablation, plus FGFM and the control):
   full without FGFM                 w = 0
   one-step                          the trained pipeline in one UNet call (``one_step=True``, w = 0.8)
   one-step, fine-tuned              a pipeline from the ``onestep`` training stage, one step (optional)
+  full, ensemble of N               with `--ensemble-size N`: the full method, per-pixel median of N separations
 
 With `--synthesis-config` the mixtures follow a training config's `synthesis` recipes; `--per-recipe N` adds, for
 each recipe alone, N mixtures scored for the input, the control and the full method.
@@ -60,6 +61,14 @@ METHOD_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("one-step", "main", {"one_step": True, "fgfm_strength": 0.8}),
     ("one-step, fine-tuned", "onestep", {"one_step": True, "fgfm_strength": 0.8}),
 ]
+
+
+def method_rows(ensemble_size: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """:data:`METHOD_ROWS`, plus the full method with an ensemble of ``ensemble_size`` when that is above 1."""
+    if ensemble_size == 1:
+        return METHOD_ROWS
+    _, which, settings = METHOD_ROWS[3]
+    return [*METHOD_ROWS, (f"full, ensemble of {ensemble_size}", which, {**settings, "ensemble_size": ensemble_size})]
 
 
 def to_hwc(image: torch.Tensor) -> np.ndarray:
@@ -143,7 +152,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num-images", type=int, default=32)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="separations per batch (an ensemble member is one)")
+    parser.add_argument("--ensemble-size", type=int, default=1, metavar="N",
+                        help="also score the full method with an ensemble of N (per-pixel median), N > 1")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", required=True, help="JSON path; a Markdown table is written beside it")
@@ -166,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     pipelines = {"main": args.pipeline, "baseline": args.baseline, "onestep": args.onestep_pipeline}
     loaded: dict[str, ReflectionSeparationPipeline] = {}
-    for name, which, settings in METHOD_ROWS:
+    for name, which, settings in method_rows(args.ensemble_size):
         if pipelines[which] is None:
             continue
         if which not in loaded:

@@ -31,9 +31,7 @@ from typing import Any
 
 import torch
 
-from reflection_separation.components import ModelSizeConfig, build_pipeline
-from reflection_separation.data import SyntheticReflectionDataset
-from reflection_separation.training import BatchSource, TrainingConfig, build_objective, train_stage
+from reflection_separation.training import TrainingConfig, train_stage, training_step
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_CONFIG = ROOT / "examples/configs/small_model.json"
@@ -76,22 +74,9 @@ def run_config(model: dict[str, Any], photos: Path, folder: Path, resolution: in
 
 def step_flops(config: TrainingConfig, stage: str, batch: int, device: torch.device) -> int:
     """FLOPs of one training step of `stage` (the objective's forward and backward) at this batch size."""
-    from reflection_separation.training import load_pipeline
-
-    pipe = load_pipeline(config).to(device)
-    objective = build_objective(stage, pipe, config).to(device)  # the control regressor is built on the CPU
-    dataset = SyntheticReflectionDataset(config.photos, resolution=config.resolution, num_samples=batch)
-    source = BatchSource(dataset, batch, seed=0, process=0, num_processes=1)
-    data = {k: v.to(device) for k, v in source.batch(0, 0).items()}
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-    def step() -> None:
-        with autocast:
-            loss = objective(data, source.generators(0, 0))
-        loss.backward()
-
+    step, objective = training_step(config, stage, batch, device)
     flops, _ = gpu_bench.count_flops(step)
-    del pipe, objective
+    del step, objective
     gpu_bench.clear_memory()
     return flops
 

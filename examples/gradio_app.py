@@ -11,8 +11,8 @@ is loaded once and runs one request at a time; other requests wait in Gradio's q
 
 ``build_demo(pipe)`` builds the interface around any loaded ``ReflectionSeparationPipeline`` (the tests use a
 tiny one); its endpoint ``/separate`` takes ``(image, steps, disjoint_strength, fgfm_strength, composition_guidance,
-composition_guidance_scale, processing_resolution, seed, one_step)`` (``one_step`` optional, default off) and returns
-``(transmission, reflection, before_after, info)``.
+composition_guidance_scale, processing_resolution, seed, ensemble_size, one_step)`` (the last two optional: 1 and
+off) and returns ``(transmission, reflection, before_after, info)``.
 """
 
 from __future__ import annotations
@@ -203,6 +203,7 @@ def make_separate_fn(pipe):
         composition_guidance_scale,
         processing_resolution,
         seed,
+        ensemble_size=1,
         one_step=False,
         progress=gr.Progress(),  # noqa: B008 - the Gradio idiom for a progress tracker
     ):
@@ -212,6 +213,7 @@ def make_separate_fn(pipe):
             ("Steps", num_inference_steps),
             ("Processing resolution", processing_resolution),
             ("Seed", seed),
+            ("Ensemble size", ensemble_size),
         ):
             if value is None or not float(value).is_integer():
                 raise _user_error(f"{name} must be a whole number, got {value!r}.")
@@ -221,6 +223,7 @@ def make_separate_fn(pipe):
             )
         steps, resolution, seed = int(num_inference_steps), int(processing_resolution), int(seed)
         steps = 1 if one_step else steps  # the one-step path ignores the slider (steps=1 takes that path too)
+        ensemble_size = int(ensemble_size)
         if not 0 <= seed < 2**63:
             raise _user_error(f"Seed must be between 0 and 2^63 - 1, got {seed}.")
 
@@ -242,6 +245,7 @@ def make_separate_fn(pipe):
                     composition_guidance=composition_guidance,
                     composition_guidance_scale=float(composition_guidance_scale),
                     generator=torch.Generator(device="cpu").manual_seed(seed),
+                    ensemble_size=ensemble_size,
                     output_type="pil",
                     callback_on_step_end=on_step,
                 )
@@ -260,7 +264,8 @@ def make_separate_fn(pipe):
             f"{image.width}x{image.height} px in {elapsed:.1f} s on {pipe.device} - "
             f"{'one step (one UNet call)' if steps == 1 else f'{steps} steps'}, "
             f"k={float(disjoint_strength):g}, w={float(fgfm_strength):g}, guidance {composition_guidance}"
-            f" (scale {float(composition_guidance_scale):g}), processing resolution {resolution or 'native'}, seed {seed}."
+            f" (scale {float(composition_guidance_scale):g}), processing resolution {resolution or 'native'}, seed {seed}"
+            + (f", median of an ensemble of {ensemble_size}." if ensemble_size > 1 else ".")
         )
         return transmission, reflection, comparison, info
 
@@ -342,6 +347,11 @@ def build_demo(pipe, examples: Sequence[tuple[str, Image.Image]] | None = None) 
                         info="relative step size of the guidance",
                     )
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", info="same seed, same result")
+                    ensemble = gr.Slider(
+                        1, 10, value=1, step=1, label="Ensemble size",
+                        info="separations combined per pixel by their median: steadier layers, that many times the "
+                        "time (1 = a single separation)",
+                    )
             with gr.Column(scale=3, min_width=420):
                 if HAS_IMAGE_SLIDER:
                     comparison = gr.ImageSlider(
@@ -368,7 +378,7 @@ def build_demo(pipe, examples: Sequence[tuple[str, Image.Image]] | None = None) 
             extra["show_progress_on"] = [comparison, transmission, reflection]
         run.click(
             make_separate_fn(pipe),
-            inputs=[photo, steps, disjoint, fgfm, guidance, scale, resolution, seed, one_step],
+            inputs=[photo, steps, disjoint, fgfm, guidance, scale, resolution, seed, ensemble, one_step],
             outputs=[transmission, reflection, comparison, info],
             api_name="separate",
             concurrency_limit=1,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How the shipped model (v-prediction on a zero-terminal-SNR schedule; session 3, rerun in session 5 with 32-wide
+# How the shipped model (v-prediction on a zero-terminal-SNR schedule; trained on 2026-11-28, rerun on 2026-11-29 with 32-wide
 # attention heads), its ablation baseline and the control were retrained on one H200, in two parts of under
 # 10 minutes each (part 2 needs part 1's outputs).
 # The autoencoder was not retrained: the VAE stage does not depend on the noise schedule, so part 1 starts from

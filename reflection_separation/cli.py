@@ -26,6 +26,8 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from reflection_separation.processes import Processes
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 LAYERS = ("transmission", "reflection")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -42,6 +44,9 @@ examples:
       glob patterns are expanded by the tool, so quote them; mix files, folders and patterns
   reflection-separation separate shots/ -o out/ --steps 20 --resolution 768 --composition-guidance off
       faster and lighter; run the same command again to resume a stopped batch
+  accelerate launch --num_processes 4 -m reflection_separation.cli separate shots/ -o out/
+      one process per GPU (cuda:LOCAL_RANK), each separating every 4th input; one summary at the end
+      (torchrun --nproc-per-node 4 -m reflection_separation.cli separate ... works the same)
 
 outputs:
   <name> is the input's file name without extension; for inputs found in a folder it keeps the path
@@ -315,9 +320,10 @@ def _check_options(args: argparse.Namespace, pipe) -> None:
 class Reporter:
     """Progress bar plus messages that do not garble it."""
 
-    def __init__(self, total: int, quiet: bool) -> None:
+    def __init__(self, total: int, quiet: bool, bar: bool = True) -> None:
         self.quiet = quiet
-        self.bar = tqdm(total=total, desc="Separating", unit="img", disable=quiet or total == 0, dynamic_ncols=True)
+        self.bar = tqdm(total=total, desc="Separating", unit="img", disable=quiet or not bar or total == 0,
+                        dynamic_ncols=True)
 
     def error(self, message: str) -> None:
         tqdm.write(message, file=sys.stderr)
@@ -341,12 +347,13 @@ def _describe(exc: BaseException) -> str:
 def _separate_batch(
     pipe, batch: list[tuple[InputItem, Image.Image]], call_kwargs: dict[str, Any], seed: int
 ) -> list[tuple[Image.Image, Image.Image]]:
-    """Run the pipeline on a batch; each image gets its own generator so results do not depend on batching."""
+    """Run the pipeline on a batch (with every image's whole ensemble); each image gets its own generator so results
+    do not depend on batching."""
     generators = [torch.Generator(device="cpu").manual_seed(seed) for _ in batch]
     out = pipe(
         [image for _, image in batch],
         generator=generators,
-        batch_size=len(batch),
+        batch_size=len(batch) * call_kwargs.get("ensemble_size", 1),
         output_type="pil",
         match_input_resolution=True,
         **call_kwargs,
@@ -377,11 +384,17 @@ def run_separate(args: argparse.Namespace) -> int:
                     f"output folder {out_dir} is inside the input folder {folder}; choose another -o, or pass "
                     "--allow-output-in-input to write there anyway."
                 )
+    try:
+        processes = Processes.from_env()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     model = resolve_model(args.model)
-    device = resolve_device(args.device, args.dtype)
+    device = resolve_device(processes.device(args.device), args.dtype)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # the CUDA graphs' side stream is made on the current device
 
     failed = 0
-    for spec in missing:
+    for spec in missing if processes.is_main else ():
         if os.path.isdir(os.path.expanduser(spec)):
             reason = "folder holds no image files"
         elif glob.has_magic(spec):
@@ -391,15 +404,16 @@ def run_separate(args: argparse.Namespace) -> int:
         print(f"error: {spec}: {reason}", file=sys.stderr)
         failed += 1
 
+    share = processes.share(items)
     if args.overwrite:
-        todo, skipped = items, 0
+        todo, skipped = share, 0
     else:
-        todo = [item for item in items if not all(p.is_file() for p in item.output_paths(out_dir).values())]
-        skipped = len(items) - len(todo)
+        todo = [item for item in share if not all(p.is_file() for p in item.output_paths(out_dir).values())]
+        skipped = len(share) - len(todo)
 
     separated = 0
     if todo:
-        pipe = load_pipeline(model, device, DTYPES[args.dtype], args.quiet)
+        pipe = load_pipeline(model, device, DTYPES[args.dtype], args.quiet or not processes.is_main)
         _check_options(args, pipe)
         if args.compile:
             pipe.unet.compile(dynamic=False)  # one compiled graph per latent shape, as the CUDA graphs are
@@ -411,14 +425,17 @@ def run_separate(args: argparse.Namespace) -> int:
             "fgfm_strength": args.fgfm_strength,
             "composition_guidance": args.composition_guidance,
             "composition_guidance_scale": args.composition_guidance_scale,
+            "ensemble_size": args.ensemble_size,
             "cuda_graphs": False if args.no_cuda_graphs else None,
             "one_step": args.one_step,
         }
         call_kwargs = {key: value for key, value in call_kwargs.items() if value is not None}
         out_dir.mkdir(parents=True, exist_ok=True)
         if skipped and not args.quiet:
-            print(f"skipping {skipped} already separated image(s); pass --overwrite to redo them", file=sys.stderr)
-        reporter = Reporter(len(todo), args.quiet)
+            process = f"process {processes.rank}: " if processes.world_size > 1 else ""
+            print(f"{process}skipping {skipped} already separated image(s); pass --overwrite to redo them",
+                  file=sys.stderr)
+        reporter = Reporter(len(todo), args.quiet, bar=processes.is_main)
 
         def fail(item: InputItem, reason: str) -> None:
             nonlocal failed
@@ -469,7 +486,8 @@ def run_separate(args: argparse.Namespace) -> int:
         finally:
             reporter.close()
 
-    if not args.quiet:
+    separated, skipped, failed = processes.total([separated, skipped, failed])
+    if not args.quiet and processes.is_main:
         print(f"{separated} separated, {skipped} skipped (already done), {failed} failed -> {out_dir}")
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -568,6 +586,14 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         type=_positive_int,
         default=1,
         help="images per pipeline call; results do not depend on it (default: 1)",
+    )
+    parser.add_argument(
+        "--ensemble-size",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="separate each image N times (N noise draws, in one batch) and keep the per-pixel median of the layers: "
+        "steadier results for N times the work (default: 1)",
     )
     parser.add_argument(
         "--no-cuda-graphs",

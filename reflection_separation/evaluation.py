@@ -1047,7 +1047,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         type=Path,
         help="another method's outputs: <set>/<name>_transmission.png (and _reflection.png)",
     )
-    parser.add_argument("--output", type=Path, required=True, help="folder for predictions, metrics and sheets")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="folder for predictions, metrics and sheets"
+    )
     parser.add_argument("--sets", nargs="+", choices=list(BENCHMARKS), help="benchmarks to run (default: all found)")
     parser.add_argument("--limit", type=int, help="evaluate at most N images per set")
     parser.add_argument(

@@ -141,6 +141,19 @@ def transfer_detail(layers: torch.Tensor, photo: torch.Tensor, processed_size: t
     return torch.stack([transmission.clamp(0.0, 1.0), reflection])
 
 
+def transfer_detail_uncertainty(
+    spread: torch.Tensor, photo: torch.Tensor, processed_size: tuple[int, int], mode: str
+) -> torch.Tensor:
+    """The per-pixel spread `(2, 3, H, W)` of an ensemble's `[T, R]` after :func:`transfer_detail` with `mode`.
+
+    `"highpass"` adds the same photo detail to every member's T, which leaves its spread as it is; `"residual"` makes
+    T the photo minus R, so T varies exactly as R does.
+    """
+    if mode != "residual" or tuple(processed_size) == tuple(photo.shape[-2:]):
+        return spread
+    return torch.stack([spread[1], spread[1]])
+
+
 class ReflectionImageProcessor:
     """Turns user images into padded model inputs and model outputs back into images."""
 
@@ -197,14 +210,24 @@ class ReflectionImageProcessor:
         image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
         return image * 2.0 - 1.0, (pad_h, pad_w), (height, width)
 
-    @staticmethod
+    @classmethod
     def postprocess(
-        image: torch.Tensor, padding: tuple[int, int], original_size: tuple[int, int] | None
+        cls, image: torch.Tensor, padding: tuple[int, int], original_size: tuple[int, int] | None
     ) -> torch.Tensor:
         """Decoder output in [-1, 1] -> [0, 1], padding removed, optionally resized to ``original_size``."""
+        return cls.unpad(cls.denormalize(image), padding, original_size)
+
+    @staticmethod
+    def denormalize(image: torch.Tensor) -> torch.Tensor:
+        """Decoder output in [-1, 1] -> float32 values in [0, 1]."""
+        return ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    @staticmethod
+    def unpad(image: torch.Tensor, padding: tuple[int, int], original_size: tuple[int, int] | None) -> torch.Tensor:
+        """Images in [0, 1] (or per-pixel spreads) with the padding ``(bottom, right)`` removed, optionally resized
+        to ``original_size``."""
         pad_h, pad_w = padding
         image = image[..., : image.shape[-2] - pad_h, : image.shape[-1] - pad_w]
-        image = ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0)
         if original_size is not None and tuple(image.shape[-2:]) != tuple(original_size):
             image = resize(image, original_size)
         return image

@@ -23,6 +23,7 @@ import inspect
 from contextlib import contextmanager, nullcontext
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -39,7 +40,13 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .attention import set_cross_layer_attention, uses_cross_layer_attention
 from .composition import GUIDANCE_MODES, LatentCompositionGuidance, LatentCompositionNet
 from .cuda_graphs import CUDAGraphed
-from .image_processing import DETAIL_TRANSFER_MODES, PipelineImageInput, ReflectionImageProcessor, transfer_detail
+from .image_processing import (
+    DETAIL_TRANSFER_MODES,
+    PipelineImageInput,
+    ReflectionImageProcessor,
+    transfer_detail,
+    transfer_detail_uncertainty,
+)
 from .scheduling import DisjointSampling, to_sample, tweedie_x0
 from .tiling import blend_tiles, tile_boxes
 from .vae import FGFMAutoencoderKL
@@ -86,10 +93,15 @@ class ReflectionSeparationPipelineOutput(BaseOutput):
             :meth:`ReflectionSeparationPipeline.decode_latents`.
         reflection: the reflection as it appears in the photo, same format (its final latents with
             ``output_type="latent"``).
+        transmission_uncertainty, reflection_uncertainty: with ``output_uncertainty``, each layer's per-pixel
+            spread over the ensemble (median absolute deviation of the members from their median, in [0, 1]
+            units), in the format of the layers; ``None`` otherwise.
     """
 
     transmission: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     reflection: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    transmission_uncertainty: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
+    reflection_uncertainty: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
 
 
 def widen_conv_in(unet: UNet2DConditionModel, extra_channels: int) -> UNet2DConditionModel:
@@ -335,6 +347,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         tile_size: int | None = None,
         tile_overlap: int | None = None,
         detail_transfer: str = "none",
+        ensemble_size: int = 1,
+        output_uncertainty: bool = False,
         one_step: bool = False,
     ) -> None:
         """Validate call arguments; raise ``ValueError``/``TypeError`` naming the argument and its valid values."""
@@ -344,6 +358,11 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                 "the noisy latents, which one-step separation does not have (it starts from a fixed zero latent). "
                 "Pass `composition_guidance='fast'` (gradient steps on the one-step estimate) or 'off', or sample "
                 "with `one_step=False`."
+            )
+        if one_step and ensemble_size != 1:
+            raise ValueError(
+                f"`ensemble_size={ensemble_size}` with one-step separation: one step is deterministic, so every member "
+                "would be the same separation. Pass `ensemble_size=1`, or sample with `one_step=False`."
             )
         if detail_transfer not in DETAIL_TRANSFER_MODES:
             raise ValueError(f"`detail_transfer` must be one of {DETAIL_TRANSFER_MODES}, got {detail_transfer!r}.")
@@ -382,10 +401,24 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`composition_guidance_steps` must be a non-negative integer, got {composition_guidance_steps!r}."
             )
+        if not is_int(ensemble_size) or ensemble_size < 1:
+            raise ValueError(
+                f"`ensemble_size` must be a positive integer (1: no ensemble; Marigold uses 10), got {ensemble_size!r}."
+            )
+        if output_uncertainty and ensemble_size < 2:
+            raise ValueError(
+                "`output_uncertainty=True` measures the spread of an ensemble; pass `ensemble_size` of 2 or more "
+                f"(got {ensemble_size})."
+            )
         if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent', got {output_type!r}.")
+        if output_type == "latent" and ensemble_size > 1:
+            raise ValueError(
+                "`output_type='latent'` returns undecoded latents, but an ensemble is combined in pixel space; pass "
+                "`ensemble_size=1` or another `output_type`."
+            )
         if output_type == "latent" and tile_size is not None:
             raise ValueError(
                 "`output_type='latent'` returns each image's final latents, which tiled images do not have as one "
@@ -450,7 +483,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         composition_guidance_scale: float | None = None,
         composition_guidance_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        batch_size: int = 1,
+        batch_size: int | None = None,
+        ensemble_size: int = 1,
+        output_uncertainty: bool = False,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
@@ -488,7 +523,16 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                 and ``guidance_scale=`` raises a ``TypeError`` naming this argument.
             composition_guidance_steps: inner gradient steps of that guidance per sampling step.
             generator: one generator, or one per image (then results do not depend on ``batch_size``).
-            batch_size: images denoised together (each image is two UNet rows).
+            batch_size: ensemble members denoised together, each two UNet rows ``[T; R]`` (without an ensemble, an
+                image or tile is one member); default ``ensemble_size``: one image's whole ensemble per batch.
+            ensemble_size: separations per image, as in Marigold: ``ensemble_size`` noise draws, taken in turn from
+                the image's generator and denoised together in the batch dimension, whose decoded layers are
+                combined per pixel by their median (``torch.median``: for an even size the lower of the two middle
+                values, so every pixel is one member's), before tiles are blended, the layers resized back and
+                detail transferred. 1 (default) runs a single separation.
+            output_uncertainty: also return each layer's per-pixel spread over the ensemble, the median absolute
+                deviation of the members (as images in [0, 1]) from their median, as ``transmission_uncertainty``
+                and ``reflection_uncertainty``; needs ``ensemble_size`` >= 2.
             output_type: ``"pil"``, ``"np"`` (``NHWC``) or ``"pt"`` (``NCHW``), values in [0, 1]; or ``"latent"``:
                 both layers' final latents, undecoded (images of one size, no tiles; the VAE decoder does not run).
             return_dict: return a :class:`ReflectionSeparationPipelineOutput` instead of a tuple
@@ -544,6 +588,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             composition_guidance_steps = config.default_composition_guidance_steps
         max_input_size = max_input_size if max_input_size is not None else config.max_input_size
         detail_transfer = detail_transfer if detail_transfer is not None else config.default_detail_transfer
+        if batch_size is None:
+            batch_size = ensemble_size
         if tile_overlap is None and isinstance(tile_size, int):
             tile_overlap = tile_size // 4
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
@@ -567,6 +613,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             tile_size,
             tile_overlap,
             detail_transfer,
+            ensemble_size,
+            output_uncertainty,
             one_step,
         )
         self.image_processor.check_size(tensors, config.min_input_size, max_input_size)
@@ -600,20 +648,27 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                                                  composition_guidance_steps)
         sampler = DisjointSampling(self.scheduler)
 
-        # 3. Preprocess; cut images larger than `tile_size` into overlapping tiles; batch the work units.
+        # 3. Preprocess; cut images larger than `tile_size` into overlapping tiles; one member per work unit and
+        #    ensemble draw, consecutive; batch the members.
         prepared = [self.image_processor.preprocess(t, processing_resolution) for t in tensors]
         units, tiled = self._work_units(prepared, tile_size, tile_overlap)
-        chunks = self._batches([pixels for _, pixels in units], batch_size)
+        members = [position for position in range(len(units)) for _ in range(ensemble_size)]  # each one's unit
+        chunks = self._batches([units[position][1] for position in members], batch_size)
 
-        results: list[torch.Tensor] = [None] * len(units)  # per unit: stacked [T, R] latents or decoded layers
+        results: list[torch.Tensor] = [None] * len(members)  # per member: stacked [T, R] latents or decoded layers
         self._num_timesteps = num_inference_steps
         for chunk in self.progress_bar(chunks, desc="Images", leave=True):
-            images = [units[position][0] for position in chunk]
-            pixels = torch.cat([units[position][1] for position in chunk]).to(device=device, dtype=self.vae.dtype)
+            chunk_units = [members[member] for member in chunk]
+            images = [units[position][0] for position in chunk_units]
+            encoded = list(dict.fromkeys(chunk_units))  # a unit's mixture is encoded once for all its members
+            pixels = torch.cat([units[position][1] for position in encoded]).to(device=device, dtype=self.vae.dtype)
             batch = len(chunk)
 
-            # 4. Encode the mixture (posterior mode) and keep its features for FGFM.
+            # 4. Encode the mixture (posterior mode) and keep its features for FGFM; one row per member.
             mixture_latents, mixture_features = self.encode_mixture(pixels)
+            if len(encoded) < batch:
+                rows = torch.tensor([encoded.index(position) for position in chunk_units], device=device)
+                mixture_latents, mixture_features = mixture_latents[rows], [f[rows] for f in mixture_features]
             prompt_embeds = self.layer_prompt_batch(prompt_pair, batch)
 
             # 5-6. Initial noise [T rows; R rows], then denoise (or one UNet call).
@@ -627,31 +682,38 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                     callback_on_step_end, callback_on_step_end_tensor_inputs,
                 )
 
-            # 7. Decode with FGFM (unless the latents are the output); rows [T; R] of each unit.
+            # 7. Decode with FGFM (unless the latents are the output); rows [T; R] of each member.
             if output_type != "latent":
                 latents = self.decode_latents(latents, mixture_features, fgfm_strength)
-            for row, position in enumerate(chunk):
-                results[position] = torch.stack([latents[row], latents[batch + row]])
+            for row, member in enumerate(chunk):
+                results[member] = torch.stack([latents[row], latents[batch + row]])
 
-        # 8. Blend tiles, remove padding, resize back (decoded images), or stack the latents.
+        # 8. Combine each unit's ensemble; blend tiles, remove padding, resize back, transfer detail (decoded
+        #    images), or stack the latents.
         self.maybe_free_model_hooks()
+        uncertainty = None
         if output_type == "latent":
             layers = results
         else:
-            layers = [
-                self._assemble(results, units, tiled, index, pixels, padding,
-                               original_size if match_input_resolution else None, tile_size, tile_overlap)
-                for index, (pixels, padding, original_size) in enumerate(prepared)
+            combined = [
+                self._combine_ensemble(torch.stack(results[start : start + ensemble_size]), output_uncertainty)
+                for start in range(0, len(members), ensemble_size)
             ]
-            if match_input_resolution:
-                layers = [
-                    transfer_detail(layer, photo, (pixels.shape[-2] - padding[0], pixels.shape[-1] - padding[1]),
-                                    detail_transfer)
-                    for layer, photo, (pixels, padding, _) in zip(layers, tensors, prepared)
-                ]
-        transmission = self.image_processor.to_output([layer[0] for layer in layers], output_type)
-        reflection = self.image_processor.to_output([layer[1] for layer in layers], output_type)
-        output = ReflectionSeparationPipelineOutput(transmission=transmission, reflection=reflection)
+            finish = partial(self._finish, units=units, tiled=tiled, prepared=prepared, photos=tensors,
+                             tile_size=tile_size, tile_overlap=tile_overlap,
+                             match_input_resolution=match_input_resolution, detail_transfer=detail_transfer)
+            layers = finish([median for median, _ in combined], spread=False)
+            if output_uncertainty:
+                uncertainty = finish([spread for _, spread in combined], spread=True)
+        def to_output(images: list[torch.Tensor] | None, layer: int):
+            return None if images is None else self.image_processor.to_output([i[layer] for i in images], output_type)
+
+        output = ReflectionSeparationPipelineOutput(
+            transmission=to_output(layers, 0),
+            reflection=to_output(layers, 1),
+            transmission_uncertainty=to_output(uncertainty, 0),
+            reflection_uncertainty=to_output(uncertainty, 1),
+        )
         return output if return_dict else output.to_tuple()
 
     @staticmethod
@@ -761,26 +823,52 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         callback_outputs = callback_on_step_end(self, step, timestep, callback_kwargs)
         return (callback_outputs or {}).get("latents", latents)
 
-    def _assemble(
+    def _combine_ensemble(
+        self, members: torch.Tensor, output_uncertainty: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One unit's decoded ensemble ``(N, 2, 3, H, W)`` in [-1, 1] -> its per-pixel median (``torch.median``, the
+        lower middle value for an even ``N``: a member's value, so taking it commutes with mapping to [0, 1]) and,
+        with ``output_uncertainty``, the median absolute deviation of the members' images in [0, 1]."""
+        members = members.float()
+        median = members.median(dim=0).values
+        if not output_uncertainty:
+            return median, None
+        images = self.image_processor.denormalize(members)
+        spread = (images - self.image_processor.denormalize(median)).abs().median(dim=0).values
+        return median, spread
+
+    def _finish(
         self,
-        results: list[torch.Tensor],
+        per_unit: list[torch.Tensor],
+        spread: bool,
         units: list[tuple[int, torch.Tensor]],
         tiled: dict[int, list[tuple[int, int, int, int]]],
-        index: int,
-        pixels: torch.Tensor,
-        padding: tuple[int, int],
-        size: tuple[int, int] | None,
+        prepared: list[tuple[torch.Tensor, tuple[int, int], tuple[int, int]]],
+        photos: list[torch.Tensor],
         tile_size: int | None,
         tile_overlap: int | None,
-    ) -> torch.Tensor:
-        """Image ``index``'s decoded ``[T, R]`` from its work units: tiles blended, padding removed, resized to
-        ``size`` (if given); ``(2, 3, H, W)`` in [0, 1]."""
-        layers = [results[position] for position, (image, _) in enumerate(units) if image == index]
-        if index in tiled:
-            height, width = pixels.shape[-2:]
-            joined = blend_tiles([layer.flatten(0, 1) for layer in layers], height, width, tile_size, tile_overlap)
-            layers = [joined.unflatten(0, (2, -1))]
-        return self.image_processor.postprocess(layers[0], padding, size)
+        match_input_resolution: bool,
+        detail_transfer: str,
+    ) -> list[torch.Tensor]:
+        """Per image, its ``[T, R]`` ``(2, 3, H, W)`` from its work units' decoded layers (or their spreads, with
+        ``spread``): tiles blended, padding removed, and with ``match_input_resolution`` resized back to the photo
+        and its detail transferred."""
+        images = []
+        for index, (pixels, padding, original_size) in enumerate(prepared):
+            layers = [per_unit[position] for position, (image, _) in enumerate(units) if image == index]
+            if index in tiled:
+                height, width = pixels.shape[-2:]
+                joined = blend_tiles([layer.flatten(0, 1) for layer in layers], height, width, tile_size, tile_overlap)
+                layers = [joined.unflatten(0, (2, -1))]
+            size = original_size if match_input_resolution else None
+            unpad = self.image_processor.unpad if spread else self.image_processor.postprocess
+            layer = unpad(layers[0], padding, size)
+            if match_input_resolution:
+                transfer = transfer_detail_uncertainty if spread else transfer_detail
+                layer = transfer(layer, photos[index], (pixels.shape[-2] - padding[0], pixels.shape[-1] - padding[1]),
+                                 detail_transfer)
+            images.append(layer)
+        return images
 
     def guided_model_output(
         self,
@@ -927,6 +1015,20 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         from .hub import save_pipeline
 
         save_pipeline(self, save_directory, super().save_pretrained, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs
+    ) -> ReflectionSeparationPipeline:
+        """``DiffusionPipeline.from_pretrained``; without ``torch_dtype`` (or ``dtype``) every loaded component is
+        float32, whatever its saved weights (transformers 5 keeps a CLIP text encoder saved in fp16 in fp16, which
+        then meets the float32 UNet). Components passed in ``kwargs`` are left as given."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if kwargs.get("torch_dtype") is None and kwargs.get("dtype") is None:
+            for name, component in pipe.components.items():
+                if name not in kwargs and isinstance(component, nn.Module):
+                    component.to(dtype=torch.float32)
+        return pipe
 
     @classmethod
     def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs):

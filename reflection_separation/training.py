@@ -45,7 +45,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -639,6 +639,63 @@ def _psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
     return (10 * torch.log10(1 / mse)).mean().item()
 
 
+def training_step(
+    config: TrainingConfig, stage: str, batch: int, device: torch.device
+) -> tuple[Callable[[], None], Objective]:
+    """One micro-step of ``stage`` (forward and backward on a batch of synthetic mixtures, under the stage's
+    precision) as a closure, with its objective, for measuring what a batch size costs: memory, FLOPs."""
+    pipe = load_pipeline(config).to(device)
+    objective = build_objective(stage, pipe, config).to(device)  # the control regressor is built on the CPU
+    dataset = SyntheticReflectionDataset(config.photos, resolution=config.resolution, num_samples=batch,
+                                         synthesizer=ReflectionSynthesizer.from_dict(config.synthesis))
+    source = BatchSource(dataset, batch, seed=config.seed, process=0, num_processes=1)
+    data = {k: v.to(device) for k, v in source.batch(0, 0).items()}
+    precision = config.stages.get(stage, StageConfig()).mixed_precision or config.mixed_precision
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def step() -> None:
+        with autocast:
+            loss = objective(data, source.generators(0, 0))
+        loss.backward()
+
+    return step, objective
+
+
+def step_peak_gib(config: TrainingConfig, stage: str, batch: int, device: torch.device) -> float:
+    """Peak CUDA memory of one training micro-step of ``stage`` at ``batch`` (weights, activations, gradients),
+    plus the fp32 state that only the first optimizer step allocates: AdamW's two moments and the EMA copy."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    step, objective = training_step(config, stage, batch, device)
+    step()
+    trained = sum(p.numel() for p in objective.trainable.parameters() if p.requires_grad)
+    copies = 2 + (1 if config.stages.get(stage, StageConfig()).ema_decay else 0)
+    return (torch.cuda.max_memory_allocated(device) + 4 * copies * trained) / 2**30
+
+
+def largest_batch_size(
+    config: TrainingConfig,
+    stage: str,
+    memory_budget_gib: float,
+    device: torch.device,
+    candidates: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024),
+    measure: Callable[[TrainingConfig, str, int, torch.device], float] = step_peak_gib,
+) -> tuple[int | None, dict[int, float | None]]:
+    """The largest of ``candidates`` whose training step peaks within ``memory_budget_gib`` on ``device``, and the
+    peak of each batch tried (None: out of memory). Tries them in increasing order and stops at the first over."""
+    peaks: dict[int, float | None] = {}
+    best = None
+    for batch in sorted(candidates):
+        try:
+            peaks[batch] = measure(config, stage, batch, device)
+        except torch.OutOfMemoryError:
+            peaks[batch] = None
+        if peaks[batch] is None or peaks[batch] > memory_budget_gib:
+            break
+        best = batch
+    return best, peaks
+
+
 def train_stage(
     config: TrainingConfig, stage: str, stop_after: int | None = None, time_limit_minutes: float | None = None
 ) -> Path | None:
@@ -911,11 +968,26 @@ def main(argv: list[str] | None = None) -> int:
                         "in fp16 to DIR (the pipeline, or the control regressor after `control`)")
     parser.add_argument("--vae-from", metavar="PIPELINE", help="start a new run with this pipeline's trained VAE "
                         "(base weights; FGFM re-initialized) instead of running the `vae` stage")
+    parser.add_argument("--find-batch-size", type=float, metavar="GIB", help="instead of training, print for each "
+                        "--stage the largest power-of-two batch whose step fits in GIB of GPU memory (CUDA only)")
     parser.add_argument("--pipeline-from", metavar="PIPELINE", help="start the run from this saved pipeline (e.g. the "
                         "shipped fp16 model, trained in float32) instead of the config's `model`: for later stages "
                         "such as `onestep`; only used while the run holds no pipeline yet")
     parser.add_argument("--output-dir", metavar="DIR", help="the run's folder, instead of the config's `output_dir`")
     args = parser.parse_args(argv)
+    config = TrainingConfig.from_file(args.config)
+    if args.output_dir is not None:
+        config.output_dir = args.output_dir
+    if args.pipeline_from is not None:
+        config.model = {"pipeline": args.pipeline_from}
+    if args.find_batch_size is not None:
+        if not torch.cuda.is_available():
+            parser.error("--find-batch-size measures GPU memory and needs CUDA")
+        for stage in args.stage:
+            batch, peaks = largest_batch_size(config, stage, args.find_batch_size, torch.device("cuda"))
+            print(json.dumps({"stage": stage, "memory_budget_gib": args.find_batch_size, "batch_size": batch,
+                              "peak_gib": peaks}))
+        return 0
     if not args.stage and args.vae_from is None:
         parser.error("pass --stage (or --vae-from to only start a run from a trained VAE)")
     if args.vae_from is not None and "vae" in args.stage:
@@ -924,11 +996,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--pipeline-from starts from a trained pipeline; drop --vae-from and the `vae` stage")
     if args.export_fp16 is not None and (args.stop_after is not None or not args.stage):
         parser.error("--export-fp16 needs finished stages; pass --stage and drop --stop-after")
-    config = TrainingConfig.from_file(args.config)
-    if args.output_dir is not None:
-        config.output_dir = args.output_dir
-    if args.pipeline_from is not None:
-        config.model = {"pipeline": args.pipeline_from}
     accelerator = Accelerator()
     if args.vae_from is not None:
         if accelerator.is_main_process:

@@ -23,6 +23,16 @@ def tiny_pipe():
     return pipe
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """The tiny model gains nothing from threads, and one thread keeps timings steady on a busy machine (two
+    threads on two shared cores ran a tiny call 50x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

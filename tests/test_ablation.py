@@ -59,8 +59,13 @@ def test_ablation_per_recipe_with_a_training_configs_recipes(tmp_path):
         "--pipeline", str(tmp_path / "main"), "--control", str(tmp_path / "control"), "--photos", str(photos),
         "--validation-fraction", "0.4", "--num-images", "2", "--resolution", "32", "--steps", "2",
         "--batch-size", "2", "--device", "cpu", "--output", str(tmp_path / "ablation.json"),
-        "--synthesis-config", str(config), "--per-recipe", "2",
+        "--synthesis-config", str(config), "--per-recipe", "2", "--ensemble-size", "3",
     ])
+    rows = {row["name"]: row for row in report["rows"]}
+    assert list(rows)[-2:] == ["full without FGFM", "full, ensemble of 3"]
+    full, ensemble = rows["full (+disjoint, +FGFM)"], rows["full, ensemble of 3"]
+    assert ensemble["settings"] == {**full["settings"], "ensemble_size": 3}
+    assert ensemble["metrics"]["count"] == 2 and ensemble["metrics"]["t_psnr"] != full["metrics"]["t_psnr"]
     assert report["synthesis"]["recipes"] == {"screen": 1.0, "glass_tint": 1.0}
     assert set(report["per_recipe"]) == {"screen", "glass_tint"}
     for rows in report["per_recipe"].values():

@@ -19,13 +19,7 @@ from reflection_separation.components import ModelSizeConfig, build_pipeline
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """The tiny model gains nothing from threads, and one thread keeps timings steady on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="session")
@@ -187,6 +181,35 @@ def test_resume_skips_done_images_and_overwrite_redoes_them(model_dir, tmp_path,
     assert run(model_dir, src, "-o", out, "--overwrite") == 0
     assert pipeline_calls == [1, 1, 1]
     assert all((out / name).stat().st_mtime_ns != mtime for name, mtime in done.items() if "img1_r" not in name)
+
+
+# ------------------------------------------------------------------------------------------ ensembling
+
+
+def test_ensemble_size_runs_each_batch_with_every_images_ensemble_and_writes_the_median(model_dir, tmp_path,
+                                                                                        monkeypatch):
+    src = tmp_path / "src"
+    for i in range(2):
+        write_image(src / f"img{i}.png", 40, 32, seed=i)
+    batch_sizes: list[int] = []
+    original = ReflectionSeparationPipeline.__call__
+
+    def recording(self, image, *args, **kwargs):
+        batch_sizes.append(kwargs["batch_size"])
+        return original(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(ReflectionSeparationPipeline, "__call__", recording)
+    assert run(model_dir, src, "-o", tmp_path / "out", "--ensemble-size", "3", "--batch-size", "2") == 0
+    assert batch_sizes == [6]  # two images x three draws, one batched run
+
+    pipe = ReflectionSeparationPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    expected = original(pipe, cli.load_image(src / "img1.png"), generator=torch.Generator().manual_seed(0),
+                        ensemble_size=3)
+    for layer in ("transmission", "reflection"):
+        with Image.open(tmp_path / "out" / f"img1_{layer}.png") as written:
+            assert np.array_equal(np.asarray(written), np.asarray(getattr(expected, layer)[0]))
+    assert cli.main(["separate", str(src), "-o", str(tmp_path / "bad"), "--ensemble-size", "0"]) == cli.EXIT_USAGE
 
 
 # ------------------------------------------------------------------------------------------ failures

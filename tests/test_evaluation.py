@@ -454,6 +454,13 @@ def test_run_evaluate_with_injected_loader(dsrnet_root, tmp_path, random_weights
         parser.parse_args(["--dataset-root", str(root), "--output", "x"])  # no source
 
 
+def test_output_has_the_short_form_o_as_in_separate(tmp_path):
+    parser = add_evaluate_arguments(argparse.ArgumentParser())
+    short = parser.parse_args(["--dataset-root", "data", "--pipeline", "model", "-o", str(tmp_path / "out")])
+    long = parser.parse_args(["--dataset-root", "data", "--pipeline", "model", "--output", str(tmp_path / "out")])
+    assert short.output == long.output == tmp_path / "out"
+
+
 def test_evaluate_command_with_a_real_tiny_pipeline(dsrnet_root, tmp_path):
     from reflection_separation.cli import main
     from reflection_separation.components import build_pipeline

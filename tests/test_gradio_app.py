@@ -69,7 +69,7 @@ def server(app, tmp_path_factory):
         demo.close()
 
 
-def predict(client, image_path, steps=2, resolution=32, guidance="fast", seed=0):
+def predict(client, image_path, steps=2, resolution=32, guidance="fast", seed=0, ensemble_size=1):
     return client.predict(
         gradio_client.handle_file(str(image_path)),
         steps,  # num_inference_steps
@@ -79,6 +79,7 @@ def predict(client, image_path, steps=2, resolution=32, guidance="fast", seed=0)
         0.01,  # composition_guidance_scale
         resolution,  # processing_resolution
         seed,
+        ensemble_size,
         api_name="/separate",
     )
 
@@ -102,7 +103,12 @@ def test_separates_an_uploaded_photo(server, tmp_path):
         for output in comparison:
             with Image.open(output) as image:
                 assert image.size == (56, 40)
-    assert "2 steps" in info and "seed 0" in info
+    assert "2 steps" in info and "seed 0" in info and "ensemble" not in info
+    *layers, _, info = predict(server, image_path, ensemble_size=3)
+    for output in layers:
+        with Image.open(output) as image:
+            assert image.size == (56, 40)
+    assert info.endswith("seed 0, median of an ensemble of 3.")
 
 
 def test_bad_inputs_are_reported_and_the_server_keeps_working(server, tmp_path):

@@ -14,6 +14,8 @@ from reflection_separation.training import TrainingConfig, build_objective, main
 
 from .conftest import generator, random_image, write_photos
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 ONE_STEP = {"processing_resolution": 64, "output_type": "np"}
 
 
@@ -127,6 +129,8 @@ def test_one_step_input_errors(rng):
         pipe(image, one_step=True, num_inference_steps=4, **ONE_STEP)
     with pytest.raises(ValueError, match="`one_step=False` contradicts `num_inference_steps=1`"):
         pipe(image, one_step=False, num_inference_steps=1, **ONE_STEP)
+    with pytest.raises(ValueError, match="`ensemble_size=3` with one-step separation"):
+        pipe(image, one_step=True, ensemble_size=3, **ONE_STEP)
     epsilon_zero_snr = tiny("epsilon")
     epsilon_zero_snr.scheduler = make_scheduler("epsilon", zero_terminal_snr=True)
     with pytest.raises(ValueError, match="epsilon-prediction model says nothing"):
@@ -233,9 +237,11 @@ def test_gradio_one_step_checkbox():
     assert [(box.label, box.value) for box in checkboxes] == [("One step", True)]  # the model's default
     photo = Image.fromarray((np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8))
     separate = app.make_separate_fn(pipe)
-    transmission, reflection, _, info = separate(photo, 20, 0.2, 0.8, "off", 0.01, 32, 5, True)
+    transmission, reflection, _, info = separate(photo, 20, 0.2, 0.8, "off", 0.01, 32, 5, 1, True)
     expected = pipe(photo, one_step=True, processing_resolution=32)
     np.testing.assert_array_equal(np.asarray(transmission), np.asarray(expected.transmission[0]))
     np.testing.assert_array_equal(np.asarray(reflection), np.asarray(expected.reflection[0]))
     assert "one step (one UNet call)" in info
-    assert "2 steps" in separate(photo, 2, 0.2, 0.8, "off", 0.01, 32, 5, False)[3]
+    assert "2 steps" in separate(photo, 2, 0.2, 0.8, "off", 0.01, 32, 5, 1, False)[3]
+    with pytest.raises(app.gr.Error, match="ensemble_size"):
+        separate(photo, 2, 0.2, 0.8, "off", 0.01, 32, 5, 3, True)

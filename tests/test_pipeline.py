@@ -20,6 +20,8 @@ from reflection_separation.components import build_pipeline, make_clip_tokenizer
 
 from .conftest import FAST, generator, random_image
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def test_output_shapes_types_and_ranges(tiny_pipe, rng):
     image = random_image(rng, 50, 37)
@@ -134,6 +136,22 @@ def test_save_and_load_round_trip(tiny_pipe, rng, tmp_path):
     # identical weights; CPU kernels may take another path for differently aligned buffers (~1e-6)
     np.testing.assert_allclose(a.transmission, b.transmission, atol=1e-5)
     np.testing.assert_allclose(a.reflection, b.reflection, atol=1e-5)
+
+
+def test_from_pretrained_without_dtype_loads_fp16_weights_in_float32(tiny_pipe, rng, tmp_path):
+    tiny_pipe.to(torch.float16).save_pretrained(tmp_path)
+    names = ("unet", "vae", "text_encoder", "composition_net")
+    loaded = ReflectionSeparationPipeline.from_pretrained(tmp_path)
+    assert {name: getattr(loaded, name).dtype for name in names} == dict.fromkeys(names, torch.float32)
+    for name in names:  # the fp16 weights, upcast exactly
+        saved = getattr(tiny_pipe, name).state_dict()
+        restored = getattr(loaded, name).state_dict()
+        assert all(torch.equal(restored[key], value.float()) for key, value in saved.items()), name
+    bf16 = ReflectionSeparationPipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    assert {getattr(bf16, name).dtype for name in names} == {torch.bfloat16}
+    kept = ReflectionSeparationPipeline.from_pretrained(tmp_path, text_encoder=tiny_pipe.text_encoder)
+    assert kept.text_encoder is tiny_pipe.text_encoder and kept.text_encoder.dtype == torch.float16
+    assert kept.unet.dtype == torch.float32
 
 
 def test_loads_through_diffusers_custom_pipeline(tiny_pipe, rng, tmp_path):

@@ -190,10 +190,11 @@ def test_baseline_overrides_turn_off_clsa_and_reset_the_unet(photos, tmp_path):
     assert torch.equal(pipe.vae.decoder.conv_out.weight, trained.vae.decoder.conv_out.weight)
 
 
-def _ddp_config(photos, folder: Path, steps: int) -> Path:
+def _ddp_config(photos, folder: Path, steps: int, batched: bool = False) -> Path:
     config_path = folder.with_suffix(".json")
     config_path.write_text(json.dumps({
         "output_dir": str(folder), "photos": str(photos), "resolution": 32, "num_samples": 64,
+        "batched_synthesis": batched,
         "validation_images": 2, "validation_fraction": 0.4,
         "stages": {name: {"steps": steps, "batch_size": 2, "learning_rate": 1e-3, "validation_steps": 100,
                           "checkpointing_steps": 2, "log_steps": 1} for name in ("composition", "unet")},
@@ -217,11 +218,13 @@ def _unet(folder: Path) -> dict[str, torch.Tensor]:
     return ReflectionSeparationPipeline.from_pretrained(folder / "pipeline").unet.state_dict()
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(photos, tmp_path):
+@pytest.mark.parametrize("batched", [False, True], ids=["loader", "batched_synthesis"])
+def test_two_processes_match_one_process_with_the_same_global_batch(photos, tmp_path, batched):
     """DDP with two CPU processes (batch 1 each) follows the single-process run (batch 2) step for step,
-    through two stages in one launch (they share the process group)."""
-    _train(_ddp_config(photos, tmp_path / "one", steps=4), 1, stages=("composition", "unet"))
-    _train(_ddp_config(photos, tmp_path / "two", steps=4), 2, stages=("composition", "unet"))
+    through two stages in one launch (they share the process group), with mixtures from DataLoader workers or
+    made in batches on each process's device."""
+    _train(_ddp_config(photos, tmp_path / "one", steps=4, batched=batched), 1, stages=("composition", "unet"))
+    _train(_ddp_config(photos, tmp_path / "two", steps=4, batched=batched), 2, stages=("composition", "unet"))
     one, two = _unet(tmp_path / "one"), _unet(tmp_path / "two")
     initial = build_pipeline().unet.state_dict()
     moved = max((one[k] - initial[k]).abs().max().item() for k in one)

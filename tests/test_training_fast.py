@@ -13,10 +13,13 @@ from reflection_separation.training import (
     EXIT_TIME_LIMIT,
     FINISHED,
     BatchSource,
+    TrainingConfig,
     _to_model_range,
     build_objective,
+    largest_batch_size,
     main,
     train_stage,
+    training_step,
 )
 
 from .conftest import write_photos
@@ -127,3 +130,38 @@ def test_time_limit_checkpoints_and_the_same_command_continues(photos, tmp_path)
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert main(command) == 0  # everything finished: both stages are skipped
+
+
+def test_largest_batch_size_stops_at_the_budget_and_at_out_of_memory(tmp_path):
+    """The search keeps the largest batch within the budget and stops at the first over it or out of memory."""
+    config = TrainingConfig.from_dict({"output_dir": str(tmp_path), "photos": str(tmp_path)})
+    tried = []
+
+    def linear(config, stage, batch, device):  # 2 GiB of weights + 0.25 GiB per sample
+        tried.append(batch)
+        return 2 + 0.25 * batch
+
+    best, peaks = largest_batch_size(config, "unet", 20.0, torch.device("cpu"), measure=linear)
+    assert best == 64 and tried == [8, 16, 32, 64, 128]
+    assert peaks == {8: 4.0, 16: 6.0, 32: 10.0, 64: 18.0, 128: 34.0}
+
+    def out_of_memory_above_16(config, stage, batch, device):
+        if batch > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return 1.0
+
+    best, peaks = largest_batch_size(config, "unet", 80.0, torch.device("cpu"), measure=out_of_memory_above_16)
+    assert best == 16 and peaks == {8: 1.0, 16: 1.0, 32: None}
+    best, _ = largest_batch_size(config, "unet", 1.0, torch.device("cpu"), measure=linear)
+    assert best is None
+
+
+def test_training_step_is_the_stage_step(photos, tmp_path):
+    """The measured step is the stage's own: its backward fills the gradients of the trained UNet and of nothing
+    else (the VAE it encodes with stays frozen)."""
+    config = TrainingConfig.from_dict({"output_dir": str(tmp_path / "run"), "photos": str(photos), "resolution": 32})
+    step, objective = training_step(config, "unet", 2, torch.device("cpu"))
+    step()
+    assert objective.trainable is objective.pipe.unet
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in objective.pipe.unet.parameters())
+    assert all(p.grad is None for p in objective.pipe.vae.parameters())
