@@ -62,7 +62,7 @@ def test_ablation_per_recipe_with_a_training_configs_recipes(tmp_path):
         "--synthesis-config", str(config), "--per-recipe", "2", "--ensemble-size", "3",
     ])
     rows = {row["name"]: row for row in report["rows"]}
-    assert list(rows)[-2:] == ["full without FGFM", "full, ensemble of 3"]
+    assert list(rows)[-3:] == ["full without FGFM", "one-step", "full, ensemble of 3"]
     full, ensemble = rows["full (+disjoint, +FGFM)"], rows["full, ensemble of 3"]
     assert ensemble["settings"] == {**full["settings"], "ensemble_size": 3}
     assert ensemble["metrics"]["count"] == 2 and ensemble["metrics"]["t_psnr"] != full["metrics"]["t_psnr"]
