@@ -312,6 +312,9 @@ def _check_options(args: argparse.Namespace, pipe) -> None:
     if args.one_step is not None and args.steps is not None and args.one_step != (args.steps == 1):
         raise UsageError(f"--{'' if args.one_step else 'no-'}one-step contradicts --steps {args.steps}: one-step "
                          "separation is one UNet call (--steps 1 runs it too); pass only one of them.")
+    if args.ensemble_size > 1 and (args.one_step or args.steps == 1):
+        raise UsageError("--ensemble-size needs the sampling loop: one-step separation is deterministic, so every "
+                         "member would be the same.")
     if args.composition_guidance == "full" and (args.one_step or args.steps == 1):
         raise UsageError("--composition-guidance full needs the sampling loop; one-step separation takes 'fast' or "
                          "'off'.")

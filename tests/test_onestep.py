@@ -217,7 +217,7 @@ def test_cli_one_step_flags(tmp_path, capsys):
     assert np.abs(separate("loop")[0].astype(int) - one_step[0]).max() > 0  # the model's default: 2 steps
 
     for options in (["--one-step", "--steps", "3"], ["--no-one-step", "--steps", "1"],
-                    ["--one-step", "--composition-guidance", "full"]):
+                    ["--one-step", "--composition-guidance", "full"], ["--one-step", "--ensemble-size", "2"]):
         assert cli.main(["separate", str(tmp_path / "a.png"), "-o", str(tmp_path / "bad"), "--model",
                          str(tmp_path / "model"), "--quiet", *options]) == 2
     assert "--one-step contradicts --steps 3" in capsys.readouterr().err
