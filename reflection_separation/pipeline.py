@@ -1026,7 +1026,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if kwargs.get("torch_dtype") is None and kwargs.get("dtype") is None:
             for name, component in pipe.components.items():
-                if name not in kwargs and isinstance(component, nn.Module):
+                if name not in kwargs and isinstance(component, nn.Module) and any(
+                    p.is_floating_point() and p.dtype != torch.float32 for p in component.parameters()
+                ):
                     component.to(dtype=torch.float32)
         return pipe
 
