@@ -76,14 +76,16 @@ LIMITATIONS = """## Limitations
 
 - The generative prior may hallucinate content where the reflection hides the scene: outputs are plausible,
   not measurements. Do not use them for forensics or as evidence.
-- Trained on synthetic mixtures (blurred, attenuated, sometimes ghosted reflections added to photos); real
-  reflections can differ.
+- Trained on synthetic mixtures (eight recipes: additive with overflow compensation, screen, vignette, sharp,
+  ghost, glass tint, disk defocus, strong reflections; sensor noise and JPEG); real reflections can differ.
 
 ## Training data
 
-Synthetic mixtures (Zhang et al. 2018 / DSRNet recipe) made on the fly from scikit-image's sample photos and
-the wallpapers of the Debian packages mate-backgrounds, gnome-backgrounds, ukui-wallpapers and
-plasma-workspace-wallpapers (`examples/gather_photos.py` records each file's package and licence).
+Synthetic mixtures made on the training GPU from the training pack (`examples/gather_photos.py --pack`): 265 real
+photographs from scikit-image, Debian packages (GCompris, kphotoalbum, Tux Paint, Tux Typing, OpenCV, LXQt,
+LibreOffice, Scribus and others) and one PyPI wheel, each with its package, path and licence in the pack's
+`manifest.json`; 42 of them, split by file-name hash, are held out for validation and never trained on. The VAE,
+C and FGFM were trained earlier on 79 images (scikit-image and desktop wallpapers) with the additive recipe.
 
 ## Citation
 
@@ -119,10 +121,12 @@ SHIPPED = """## The shipped small model
 `reflection_separation.DEFAULT_MODEL` (inside the package): the whole method at a small size, trained from
 scratch on synthetic mixtures because no pretrained diffusion weights can be downloaded where it is built:
 {parameters}. Stored as fp16 safetensors ({megabytes:.1f} MB); diffusers loads the UNet, VAE and C in
-float32, transformers keeps the text encoder in fp16. Defaults: {resolution} px processing resolution,
-{steps} DDIM steps, {schedule}. Trained on H200 GPUs: the VAE (1500 steps)
-with `examples/train_shipped_model_4gpu.sh`, then the UNet (1500 steps at batch 32), C and FGFM (300 steps
-each) with `examples/train_shipped_model_1gpu.sh` (configs in `examples/configs/`).
+float32 (the text encoder too). Defaults: {resolution} px processing resolution, {steps} DDIM steps, {schedule}.
+Trained on H200 GPUs: the VAE (1500 steps) with `examples/train_shipped_model_4gpu.sh`, C and FGFM (300 steps
+each) with `examples/train_shipped_model_1gpu.sh`; the UNet retrained on 2026-12-03 with
+`examples/train_shipped_model.sh` on 281,600 synthetic mixtures of 223 real photographs and eight mixing recipes
+(1100 steps of batch 256; `examples/configs/small_model.json`, logs in
+`examples/logs/2026-12-03_shipped_model_retrain/`).
 
 {quality}
 """
