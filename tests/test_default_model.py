@@ -45,7 +45,7 @@ def test_default_model_has_every_part_of_the_method(shipped):
     assert isinstance(shipped.vae, FGFMAutoencoderKL) and isinstance(shipped.composition_net, LatentCompositionNet)
     assert shipped.unet.config.in_channels == 8
     assert shipped.unet.dtype == torch.float32  # stored in fp16, loaded in fp32 for CPUs
-    assert shipped.config.default_processing_resolution == 256 and shipped.config.default_denoising_steps == 20
+    assert shipped.config.default_processing_resolution == 256 and shipped.config.default_denoising_steps == 4
 
 
 def test_default_model_separates_a_synthetic_mixture_end_to_end(shipped, coffee_mixture):
