@@ -138,15 +138,15 @@ def quality_sentence(path: Path) -> str:
         return "It has not been measured on held-out mixtures yet."
     rows = {row["name"]: row["metrics"] for row in json.loads(path.read_text())["rows"]}
     full, mixture = rows["full (+disjoint, +FGFM)"], rows["mixture as T"]
-    sentence = (f"A small model with a short training budget, it separates weakly: on {full['count']} held-out "
+    sentence = (f"A small model with a short training budget, it separates only partly: on {full['count']} held-out "
                 f"mixtures its transmission scores {full['t_psnr']:.2f} dB PSNR / {full['t_ssim']:.3f} SSIM against "
                 f"{mixture['t_psnr']:.2f} dB / {mixture['t_ssim']:.3f} for the input itself")
     if "control regressor" in rows:
         control = rows["control regressor"]
         sentence += (f", and a pixel-space U-Net regressor trained with the same budget reaches "
                      f"{control['t_psnr']:.2f} dB / {control['t_ssim']:.3f}")
-    return sentence + (". Its outputs are blurred. Use it to try the tools, not for results; the ablation below "
-                       "has every row.")
+    return sentence + (". Its layers lose fine structure at 256 px and reflections stay visible, fainter. Use it to "
+                       "try the tools, not for results; the ablation below has every row.")
 
 
 def shipped_section(folder: Path, ablation: Path) -> str:
