@@ -162,6 +162,14 @@ class TrainingConfig:
             raise FileNotFoundError(f"Training config {str(path)!r} does not exist.")
         return cls.from_dict(json.loads(path.read_text()))
 
+    def stage_settings(self, stage: str) -> StageConfig:
+        """The optimization settings of ``stage`` (defaults where the config has none)."""
+        return self.stages.get(stage, StageConfig())
+
+    def stage_precision(self, stage: str) -> str:
+        """``stage``'s mixed precision: its own setting, else the run's."""
+        return self.stage_settings(stage).mixed_precision or self.mixed_precision
+
     @property
     def pipeline_dir(self) -> Path:
         return Path(self.output_dir) / "pipeline"
@@ -650,8 +658,7 @@ def training_step(
                                          synthesizer=ReflectionSynthesizer.from_dict(config.synthesis))
     source = BatchSource(dataset, batch, seed=config.seed, process=0, num_processes=1)
     data = {k: v.to(device) for k, v in source.batch(0, 0).items()}
-    precision = config.stages.get(stage, StageConfig()).mixed_precision or config.mixed_precision
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.stage_precision(stage) == "bf16")
 
     def step() -> None:
         with autocast:
@@ -669,7 +676,7 @@ def step_peak_gib(config: TrainingConfig, stage: str, batch: int, device: torch.
     step, objective = training_step(config, stage, batch, device)
     step()
     trained = sum(p.numel() for p in objective.trainable.parameters() if p.requires_grad)
-    copies = 2 + (1 if config.stages.get(stage, StageConfig()).ema_decay else 0)
+    copies = 2 + (1 if config.stage_settings(stage).ema_decay else 0)
     return (torch.cuda.max_memory_allocated(device) + 4 * copies * trained) / 2**30
 
 
@@ -708,8 +715,8 @@ def train_stage(
     several at log steps; the limit does not cover what comes before the first step (loading, compilation).
     """
     started = time.perf_counter()
-    settings = config.stages.get(stage, StageConfig())
-    precision = settings.mixed_precision or config.mixed_precision
+    settings = config.stage_settings(stage)
+    precision = config.stage_precision(stage)
     if precision not in ("no", "bf16"):
         raise ValueError(f"`mixed_precision` must be 'no' or 'bf16' (fp16 would need loss scaling), got {precision!r}.")
     accelerator = Accelerator()
