@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Trains the shipped model further on one GPU, one stage per command of under 10 minutes, starting from the
+# package's fp16 folder (reflection_separation/default_model) so that a fresh machine needs nothing but the
+# repository, the training pack and the wheels: the GPU machine keeps a run folder only while it stays warm.
+#
+#   bash examples/continue_shipped_model.sh OUT_DIR STAGE STEPS [MINUTES]
+#
+#   unet     STEPS more steps of the UNet stage (a new run with its own warm-up and cosine decay, batch and
+#            recipes of examples/configs/small_model.json); the result, in fp16, replaces
+#            reflection_separation/default_model
+#   onestep  the `onestep` stage (STEPS steps) from reflection_separation/default_model; the fp16 result is
+#            written to $RUN/onestep_fp16 (the package folder is left as it was)
+#
+# A run folder left by an earlier command on a still-warm machine is continued (same command, same RUN); a command
+# stopped by MINUTES (status 75) has checkpointed. The results (logs, the config, the fp16 pipeline) are packed into
+# OUT_DIR as pieces of < 16 MiB: `cat OUT_DIR/results.tgz.* | tar xz` unpacks them into the working tree.
+set -uo pipefail
+OUT=$1
+STAGE=$2
+STEPS=$3
+MINUTES=${4:-8.5}
+RUN=${RUN:-runs/$(date +%F)_shipped_model_$STAGE}
+BASE=${BASE_CONFIG:-examples/configs/small_model.json}  # the config whose model, data and stage settings the run takes
+RESULTS=$RUN/results
+mkdir -p "$RESULTS"
+export OMP_NUM_THREADS=8
+
+case $STAGE in
+    unet) EXPORT=reflection_separation/default_model ;;
+    onestep) EXPORT=$RUN/onestep_fp16 ;;
+    *) echo "STAGE must be unet or onestep, got '$STAGE'" >&2; exit 2 ;;
+esac
+
+python3 - "$BASE" "$RUN" "$STAGE" "$STEPS" <<'EOF'
+import json, sys
+base, run, stage, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+config = json.load(open(base))
+config["output_dir"] = run
+settings = config["stages"][stage]
+settings["steps"] = steps
+settings["lr_warmup_steps"] = min(settings["lr_warmup_steps"], steps // 10)
+settings["checkpointing_steps"] = min(settings["checkpointing_steps"], max(steps // 3, 1))
+json.dump(config, open(f"{run}/results/config.json", "w"), indent=2)
+EOF
+
+python3 -m reflection_separation.training --config "$RESULTS/config.json" --stage "$STAGE" \
+    --pipeline-from reflection_separation/default_model --time-limit-minutes "$MINUTES" \
+    --export-fp16 "$EXPORT" > "$RESULTS/$STAGE.log" 2>&1
+STATUS=$?
+cp "$RUN/$STAGE/log.jsonl" "$RESULTS/${STAGE}_log.jsonl" 2>/dev/null
+tail -8 "$RESULTS/$STAGE.log"
+rm -f "$OUT"/results.tgz.*
+FOLDERS=("$RESULTS")
+[ $STATUS -eq 0 ] && FOLDERS+=("$EXPORT")
+tar czf - "${FOLDERS[@]}" | split -b 15M - "$OUT/results.tgz."
+ls -l "$OUT"
+exit $STATUS
