@@ -7,7 +7,7 @@ Models (side by side in one JSON):
   small_model       our shipped small model, with `--model FOLDER` (skipped when not given or missing)
 In `--tiny` mode the first is the test suite's tiny model (`components.build_pipeline()`).
 
-Per model, the sections (in this order; `--only` picks some, `--compile` adds `compile` and `compile_after_call`):
+Per model, the sections (in this order; `--only` picks some, `--compile` adds the last three, which compile):
   unet_step      one dual-branch UNet step (2 rows [T; R], prompts (2, 77, 1024)) at each resolution with plain
                  self-attention and with CLSA (also channels-last, and with fused QKV projections), eager and
                  replayed from a CUDA graph
@@ -19,6 +19,9 @@ Per model, the sections (in this order; `--only` picks some, `--compile` adds `c
   profile        the largest CLSA step by kind of CUDA kernel (attention, convolution, linear, rest)
   pipeline       full calls (random image, 50 steps) at each resolution with guidance off / fast / full,
                  eager and with the pipeline's no-grad UNet calls replayed from CUDA graphs
+  one_step       one-step calls (`num_inference_steps=1`: one UNet call on a zero start latent, then the FGFM
+                 decode of both layers) at each resolution, eager and with the pipeline's CUDA graphs, and their
+                 parts alone: the VAE encode of the mixture, the CLSA UNet call and the FGFM decode of 2 latents
   tiled          a 2048 x 2048 call with `tile_size=960`: time and peak memory
   offload        a "fast" call at the largest resolution resident on the GPU and with `enable_model_cpu_offload`
   compile        torch.compile of the UNet: first-call (warm-up) seconds per shape, the CLSA step compiled and
@@ -26,6 +29,8 @@ Per model, the sections (in this order; `--only` picks some, `--compile` adds `c
   compile_after_call  a "fast" call at the largest resolution (pipeline defaults: CUDA graphs on CUDA) with the
                  UNet compiled before the pipeline's first call and after it (the graphs captured from the eager
                  UNet must be recaptured from the compiled one): both should take the same time
+  one_step_compiled  the one-step call at each resolution with the UNet, the VAE encoder and the VAE decoder
+                 compiled: first-call (warm-up) seconds, then the call with CUDA graphs off and on
 With `--peers DIR`, a forward of RDNet and DSIT (random weights) runs first (`benchmarks/peers.py`).
 Before everything the bf16 matmul rate (8192^3) is measured; every figure with a FLOP count (FlopCounterMode: matmuls,
 convolutions and attention, not elementwise work) also gets `floor_ms = flops / matmul rate` and
@@ -80,10 +85,10 @@ from reflection_separation.vae import FGFMAutoencoderKL
 
 GIB = 1024**3
 NEEDS_CUDA = {"skipped": "needs CUDA"}
-# Per-model sections in run order; `compile` is last because it compiles the UNet in place while it runs.
-SECTIONS = ("unet_step", "sdpa_backends", "guidance_step", "vae_decode", "profile", "pipeline", "tiled", "offload",
-            "compile", "compile_after_call")
-COMPILE_SECTIONS = ("compile", "compile_after_call")
+# Per-model sections in run order; the compiling ones are last because they compile modules in place while they run.
+SECTIONS = ("unet_step", "sdpa_backends", "guidance_step", "vae_decode", "profile", "pipeline", "one_step", "tiled",
+            "offload", "compile", "compile_after_call", "one_step_compiled")
+COMPILE_SECTIONS = ("compile", "compile_after_call", "one_step_compiled")
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in COMPILE_SECTIONS)
 GUIDANCE_MODES = ("off", "fast", "full")
 SDPA_BACKENDS = {
@@ -103,6 +108,12 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def logged_ms(results: dict[str, Any], *path: str) -> str:
+    """The ``median_ms`` at ``path`` for a log line; "-" where it was not measured (skipped or failed)."""
+    value = lookup(results, *path, "median_ms")
+    return "-" if value is None else f"{value:.2f} ms"
 
 
 def describe(error: BaseException) -> str:
@@ -395,13 +406,44 @@ class ModelBench:
         finally:
             graphed.release()
 
-    def pipeline_call(self, resolution: int, mode: str, cuda_graphs: bool | None = False) -> Callable[[], Any]:
+    def measure_forms(
+        self, fn: Callable[..., torch.Tensor], args: tuple[torch.Tensor, ...], flops: int | None = None
+    ) -> dict[str, Any]:
+        """FLOPs of ``fn(*args)`` (counted unless given) and its time eager and replayed from a CUDA graph."""
+        if flops is None:
+            flops, _ = count_flops(lambda: fn(*args))
+        return {
+            "flops": flops,
+            "eager": attempt(lambda: self.runtime.measure(lambda: fn(*args), flops)),
+            "cuda_graph": self.measure_graphed(fn, args, flops),
+        }
+
+    def decode_inputs(self, resolution: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """A random mixture in [-1, 1] of side ``resolution``, 2 random latents ``[T; R]`` and the mixture's FGFM
+        features: the inputs of the pipeline's encode and decode."""
+        size = self.latent_size(resolution)
+        generator = torch.Generator(device="cpu").manual_seed(2)
+        pixels = torch.rand(1, 3, resolution, resolution, generator=generator) * 2 - 1
+        pixels = pixels.to(self.runtime.device, self.pipe.vae.dtype)
+        _, features = self.pipe.encode_mixture(pixels)
+        latents = torch.randn(2, self.pipe.vae.config.latent_channels, size, size, generator=generator)
+        return pixels, latents.to(self.runtime.device, self.unet.dtype), features
+
+    def decode_fgfm(self, latents: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
+        """The pipeline's decode: ``[T; R]`` latents modulated by the mixture's features at the default strength."""
+        return self.pipe.decode_latents(latents, list(features), self.pipe.config.default_fgfm_strength)
+
+    def pipeline_call(
+        self, resolution: int, mode: str, cuda_graphs: bool | None = False, one_step: bool = False
+    ) -> Callable[[], Any]:
+        """A call on a random square image of side ``resolution`` with guidance ``mode``: ``--steps`` sampling steps,
+        or (``one_step``) the pipeline's one-step mode."""
         image = torch.rand(3, resolution, resolution, generator=torch.Generator().manual_seed(resolution))
 
         def call() -> Any:
             return self.pipe(
                 image,
-                num_inference_steps=self.args.steps,
+                num_inference_steps=1 if one_step else self.args.steps,  # 1 step: the one-step mode
                 processing_resolution=resolution,
                 composition_guidance=mode,
                 output_type="pt",
@@ -428,12 +470,7 @@ def section_unet_step(bench: ModelBench) -> dict[str, Any]:
             sample = inputs[0].contiguous(memory_format=torch.channels_last) if layout else inputs[0]
             args = (sample, inputs[1], inputs[2])
             with attention_mode(bench.unet, clsa), channels_last(bench.unet, layout), fused_qkv(bench.unet, fused):
-                entry[variant] = {
-                    "flops": flops,
-                    "flops_by_op": by_op,
-                    "eager": attempt(lambda: bench.runtime.measure(lambda: bench.unet_forward(*args), flops)),
-                    "cuda_graph": bench.measure_graphed(bench.unet_forward, args, flops),
-                }
+                entry[variant] = {**bench.measure_forms(bench.unet_forward, args, flops), "flops_by_op": by_op}
             log(f"  unet_step {resolution} {variant}: eager {entry[variant]['eager'].get('median_ms')} ms")
         entry["clsa_over_plain_flops"] = entry["clsa"]["flops"] / entry["plain"]["flops"]
         results[str(resolution)] = entry
@@ -470,41 +507,51 @@ def section_compile(bench: ModelBench) -> dict[str, Any]:
     results: dict[str, Any] = {"backend": args.compile_backend, "mode": args.compile_mode or "default",
                                "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default"),
                                "fx_graph_cache": torch._inductor.config.fx_graph_cache}
-    unet.compile(backend=args.compile_backend, mode=args.compile_mode, dynamic=False)
-    try:
-        with attention_mode(unet, True):
-            for resolution in args.resolutions:
-                inputs = bench.step_inputs(resolution)
-                flops = step_flops[resolution]
-                first_s = runtime.time_ms(lambda: bench.unet_forward(*inputs)) / 1e3  # compiles for this shape
-                results[str(resolution)] = {
-                    "first_call_s": first_s,
-                    "second_call_ms": runtime.time_ms(lambda: bench.unet_forward(*inputs)),
-                    "compiled": runtime.measure(lambda: bench.unet_forward(*inputs), flops),
-                    "compiled_cuda_graph": bench.measure_graphed(bench.unet_forward, inputs, flops),
-                }
-                log(f"  compile {resolution}: warm-up {first_s:.1f} s")
-            results["warmup_total_s"] = sum(results[str(r)]["first_call_s"] for r in args.resolutions)
-            pipeline: dict[str, Any] = {"resolution": largest, "guidance_mode": "fast", "steps": args.steps,
-                                        "flops": call_flops}
-            pipeline["compiled"] = runtime.measure(call, call_flops, warmup=1, repeats=args.pipeline_repeats)
-            if runtime.is_cuda:
-                graphed_call = bench.pipeline_call(largest, "fast", cuda_graphs=True)
-                pipeline["compiled_cuda_graph_unet"] = runtime.measure(
-                    graphed_call, call_flops, warmup=1, repeats=args.pipeline_repeats
-                )
-            else:
-                pipeline["compiled_cuda_graph_unet"] = dict(NEEDS_CUDA)
-            results["pipeline"] = pipeline
-    finally:
-        uncompile(unet)
+    with compiled(args, unet), attention_mode(unet, True):
+        for resolution in args.resolutions:
+            inputs = bench.step_inputs(resolution)
+            flops = step_flops[resolution]
+            first_s = runtime.time_ms(lambda: bench.unet_forward(*inputs)) / 1e3  # compiles for this shape
+            results[str(resolution)] = {
+                "first_call_s": first_s,
+                "second_call_ms": runtime.time_ms(lambda: bench.unet_forward(*inputs)),
+                "compiled": runtime.measure(lambda: bench.unet_forward(*inputs), flops),
+                "compiled_cuda_graph": bench.measure_graphed(bench.unet_forward, inputs, flops),
+            }
+            log(f"  compile {resolution}: warm-up {first_s:.1f} s")
+        results["warmup_total_s"] = sum(results[str(r)]["first_call_s"] for r in args.resolutions)
+        pipeline: dict[str, Any] = {"resolution": largest, "guidance_mode": "fast", "steps": args.steps,
+                                    "flops": call_flops}
+        pipeline["compiled"] = runtime.measure(call, call_flops, warmup=1, repeats=args.pipeline_repeats)
+        if runtime.is_cuda:
+            graphed_call = bench.pipeline_call(largest, "fast", cuda_graphs=True)
+            pipeline["compiled_cuda_graph_unet"] = runtime.measure(
+                graphed_call, call_flops, warmup=1, repeats=args.pipeline_repeats
+            )
+        else:
+            pipeline["compiled_cuda_graph_unet"] = dict(NEEDS_CUDA)
+        results["pipeline"] = pipeline
     return results
 
 
-def uncompile(unet: UNet2DConditionModel) -> None:
-    """Undo ``nn.Module.compile`` (torch has no public call for this) and forget dynamo's compiled graphs."""
-    unet._compiled_call_impl = None
+def uncompile(*modules: torch.nn.Module) -> None:
+    """Undo ``nn.Module.compile`` of ``modules`` (torch has no public call for this) and forget dynamo's compiled
+    graphs."""
+    for module in modules:
+        module._compiled_call_impl = None
     torch._dynamo.reset()
+
+
+@contextlib.contextmanager
+def compiled(args: argparse.Namespace, *modules: torch.nn.Module) -> Iterator[None]:
+    """``modules`` compiled in place (``module.compile()``, as users do, so the pipeline's own calls use them) with
+    ``--compile-backend`` and ``--compile-mode``, one graph per shape (``dynamic=False``); uncompiled afterwards."""
+    for module in modules:
+        module.compile(backend=args.compile_backend, mode=args.compile_mode, dynamic=False)
+    try:
+        yield
+    finally:
+        uncompile(*modules)
 
 
 def section_compile_after_call(bench: ModelBench) -> dict[str, Any]:
@@ -522,14 +569,11 @@ def section_compile_after_call(bench: ModelBench) -> dict[str, Any]:
             pipe.release_cuda_graphs()
             if order == "compiled_after_first_call":
                 call()  # the first call: on CUDA it captures graphs from the eager UNet
-            unet.compile(backend=args.compile_backend, mode=args.compile_mode, dynamic=False)
-            try:
+            with compiled(args, unet):
                 first_s = runtime.time_ms(call) / 1e3  # compiles (and captures graphs from the compiled UNet)
                 results[order] = {"first_call_s": first_s,
                                   **runtime.measure(call, warmup=0, repeats=args.pipeline_repeats)}
                 log(f"  {order}: warm-up {first_s:.1f} s, {results[order]['median_ms']:.1f} ms per call")
-            finally:
-                uncompile(unet)
         pipe.release_cuda_graphs()
     results["after_over_before"] = (results["compiled_after_first_call"]["median_ms"]
                                     / results["compiled_before_first_call"]["median_ms"])
@@ -575,30 +619,20 @@ def section_guidance_step(bench: ModelBench) -> dict[str, Any]:
 
 
 def section_vae_decode(bench: ModelBench) -> dict[str, Any]:
-    pipe, runtime = bench.pipe, bench.runtime
+    pipe = bench.pipe
     resolution = max(bench.args.resolutions)
-    size = bench.latent_size(resolution)
-    generator = torch.Generator(device="cpu").manual_seed(2)
-    pixels = (torch.rand(1, 3, resolution, resolution, generator=generator) * 2 - 1).to(runtime.device, pipe.vae.dtype)
-    _, features = pipe.encode_mixture(pixels)
-    latents = torch.randn(2, pipe.vae.config.latent_channels, size, size, generator=generator)
-    latents = latents.to(runtime.device, pipe.unet.dtype)
-
-    def decode_fgfm(latents: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
-        return pipe.decode_latents(latents, list(features), pipe.config.default_fgfm_strength)
+    _, latents, features = bench.decode_inputs(resolution)
 
     def decode_plain(latents: torch.Tensor) -> torch.Tensor:
         return pipe.decode_latents(latents, [], 0.0)
 
-    results: dict[str, Any] = {"resolution": resolution, "rows": 2, "fgfm_strength": pipe.config.default_fgfm_strength}
-    for name, fn, args in (("fgfm", decode_fgfm, (latents, *features)), ("plain", decode_plain, (latents,))):
-        flops, _ = count_flops(lambda: fn(*args))
-        results[name] = {
-            "flops": flops,
-            "eager": attempt(lambda: runtime.measure(lambda: fn(*args), flops)),
-            "cuda_graph": bench.measure_graphed(fn, args, flops),
-        }
-    return results
+    return {
+        "resolution": resolution,
+        "rows": 2,
+        "fgfm_strength": pipe.config.default_fgfm_strength,
+        "fgfm": bench.measure_forms(bench.decode_fgfm, (latents, *features)),
+        "plain": bench.measure_forms(decode_plain, (latents,)),
+    }
 
 
 def kernel_category(name: str) -> str:
@@ -661,16 +695,19 @@ def output_difference(first: Any, second: Any) -> float:
                for layer in ("transmission", "reflection"))
 
 
-def measure_pipeline_call(bench: ModelBench, resolution: int, mode: str) -> dict[str, Any]:
+def measure_pipeline_call(bench: ModelBench, resolution: int, mode: str, one_step: bool = False) -> dict[str, Any]:
     """FLOPs of a pipeline call, its time eager and with the pipeline's CUDA graphs (its default on CUDA), and
-    how far the two outputs are apart (same seed)."""
+    how far the two outputs are apart (same seed). Sampling calls are timed ``--pipeline-repeats`` times after the
+    FLOP count's call; one-step calls (``one_step``), short, as often as a step: ``--repeats`` after ``--warmup``."""
     runtime, args = bench.runtime, bench.args
-    eager_call = bench.pipeline_call(resolution, mode, cuda_graphs=False)
-    flops, _ = count_flops(eager_call)  # also the eager warm-up call
-    eager = runtime.measure(eager_call, flops, warmup=0, repeats=args.pipeline_repeats)
+    steps = 1 if one_step else args.steps
+    warmup, repeats = (runtime.warmup, args.repeats) if one_step else (0, args.pipeline_repeats)
+    eager_call = bench.pipeline_call(resolution, mode, cuda_graphs=False, one_step=one_step)
+    flops, _ = count_flops(eager_call)  # also an eager warm-up call
+    eager = runtime.measure(eager_call, flops, warmup=warmup, repeats=repeats)
     if runtime.is_cuda:
-        graphed_call = bench.pipeline_call(resolution, mode, cuda_graphs=True)
-        graphed = attempt(lambda: runtime.measure(graphed_call, flops, warmup=1, repeats=args.pipeline_repeats))
+        graphed_call = bench.pipeline_call(resolution, mode, cuda_graphs=True, one_step=one_step)
+        graphed = attempt(lambda: runtime.measure(graphed_call, flops, warmup=max(warmup, 1), repeats=repeats))
         if "median_ms" in graphed:
             reference = eager_call()
             graphed["max_abs_diff_vs_eager"] = output_difference(reference, graphed_call())
@@ -681,7 +718,7 @@ def measure_pipeline_call(bench: ModelBench, resolution: int, mode: str) -> dict
         graphed = dict(NEEDS_CUDA)
     for measured in (eager, graphed):
         if "median_ms" in measured:
-            measured["ms_per_step"] = measured["median_ms"] / args.steps
+            measured["ms_per_step"] = measured["median_ms"] / steps
     return {"flops": flops, "eager": eager, "cuda_graph_unet": graphed}
 
 
@@ -694,6 +731,77 @@ def section_pipeline(bench: ModelBench) -> dict[str, Any]:
             entry[mode] = attempt(lambda: measure_pipeline_call(bench, resolution, mode))
             log(f"  pipeline {resolution} {mode}: eager {lookup(entry[mode], 'eager', 'median_ms')} ms")
         results[str(resolution)] = entry
+    return results
+
+
+def section_one_step(bench: ModelBench) -> dict[str, Any]:
+    """One-step calls at each resolution (one UNet call on a zero start latent at the last timestep, then the FGFM
+    decode of both layers), eager and with the pipeline's CUDA graphs, and their parts alone: the VAE encode of the
+    mixture (with its FGFM features), the UNet call with CLSA and the FGFM decode of the 2 latents. ``call_over_parts``
+    (eager call / sum of the eager parts) shows what the rest of the call costs (prompts, pre- and post-processing)."""
+    pipe, args = bench.pipe, bench.args
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        return pipe.encode_mixture(pixels)[0]  # the features are computed all the same
+
+    results: dict[str, Any] = {"guidance_mode": "off", "output_type": "pt"}
+    for resolution in args.resolutions:
+        call = attempt(lambda: measure_pipeline_call(bench, resolution, "off", one_step=True))
+        entry: dict[str, Any] = {"call": call}
+        log(f"  one_step {resolution} call: eager {logged_ms(call, 'eager')}, "
+            f"CUDA graphs {logged_ms(call, 'cuda_graph_unet')}")
+        pixels, latents, features = bench.decode_inputs(resolution)
+        with attention_mode(bench.unet, True):
+            parts = {
+                "encode": lambda: bench.measure_forms(encode, (pixels,)),
+                "unet": lambda: bench.measure_forms(bench.unet_forward, bench.step_inputs(resolution),
+                                                    bench.step_flops(resolution, True)[0]),
+                "fgfm_decode": lambda: bench.measure_forms(bench.decode_fgfm, (latents, *features)),
+            }
+            for part, measurement in parts.items():
+                entry[part] = attempt(measurement)
+                log(f"  one_step {resolution} {part}: eager {logged_ms(entry[part], 'eager')}, "
+                    f"CUDA graph {logged_ms(entry[part], 'cuda_graph')}")
+        call_ms = lookup(entry, "call", "eager", "median_ms")
+        parts_ms = [lookup(entry, part, "eager", "median_ms") for part in parts]
+        if call_ms is not None and None not in parts_ms:
+            entry["parts_eager_ms"] = sum(parts_ms)
+            entry["call_over_parts"] = call_ms / sum(parts_ms)
+        results[str(resolution)] = entry
+    return results
+
+
+def section_one_step_compiled(bench: ModelBench) -> dict[str, Any]:
+    """The one-step call at each resolution with the UNet, the VAE encoder and the VAE decoder compiled in place:
+    the first call's seconds (it compiles them for the shape), then the call timed with the pipeline's CUDA graphs
+    off and on (captured from the compiled UNet). FLOPs are counted eagerly, before compiling."""
+    args, runtime, pipe = bench.args, bench.runtime, bench.pipe
+    modules = {"unet": pipe.unet, "vae.encoder": pipe.vae.encoder, "vae.decoder": pipe.vae.decoder}
+    calls = {resolution: bench.pipeline_call(resolution, "off", one_step=True) for resolution in args.resolutions}
+    flops = {resolution: count_flops(call)[0] for resolution, call in calls.items()}
+    results: dict[str, Any] = {"backend": args.compile_backend, "mode": args.compile_mode or "default",
+                               "compiled_modules": list(modules), "guidance_mode": "off", "output_type": "pt"}
+
+    def measure_compiled(resolution: int) -> dict[str, Any]:
+        call, call_flops = calls[resolution], flops[resolution]
+        first_s = runtime.time_ms(call) / 1e3  # compiles the modules for this shape
+        entry: dict[str, Any] = {"flops": call_flops, "first_call_s": first_s,
+                                 "compiled": runtime.measure(call, call_flops, repeats=args.repeats)}
+        log(f"  one_step_compiled {resolution}: warm-up {first_s:.1f} s, {logged_ms(entry, 'compiled')}")
+        if runtime.is_cuda:
+            graphed_call = bench.pipeline_call(resolution, "off", cuda_graphs=True, one_step=True)
+            entry["compiled_cuda_graph_unet"] = attempt(
+                lambda: runtime.measure(graphed_call, call_flops, repeats=args.repeats)
+            )
+            pipe.release_cuda_graphs()
+            log(f"  one_step_compiled {resolution} with CUDA graphs: {logged_ms(entry, 'compiled_cuda_graph_unet')}")
+        else:
+            entry["compiled_cuda_graph_unet"] = dict(NEEDS_CUDA)
+        return entry
+
+    with compiled(args, *modules.values()):
+        for resolution in args.resolutions:
+            results[str(resolution)] = attempt(lambda: measure_compiled(resolution))
     return results
 
 
@@ -793,10 +901,12 @@ SECTION_FUNCTIONS: dict[str, Callable[[ModelBench], dict[str, Any]]] = {
     "vae_decode": section_vae_decode,
     "profile": section_profile,
     "pipeline": section_pipeline,
+    "one_step": section_one_step,
     "tiled": section_tiled,
     "offload": section_offload,
     "compile": section_compile,
     "compile_after_call": section_compile_after_call,
+    "one_step_compiled": section_one_step_compiled,
 }
 
 
@@ -887,6 +997,13 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any] | No
         for mode in GUIDANCE_MODES:
             steps = lookup(results, "pipeline", "steps")
             rows.append((f"pipeline {resolution}, {steps} steps, guidance {mode}", lookup(results, "pipeline", resolution, mode)))
+    one_step_compiled = results.get("one_step_compiled") or {}
+    for resolution in ("512", "960"):
+        rows.append((f"one-step call {resolution}", lookup(results, "one_step", resolution, "call")))
+        if isinstance(one_step_compiled.get(resolution), dict):
+            rows.append((f"one-step call {resolution}, torch.compile",
+                         {"eager": lookup(results, "one_step", resolution, "call", "eager"),
+                          **one_step_compiled[resolution]}))
     rows.append((f"tiled {lookup(results, 'tiled', 'image_size')}", lookup(results, "tiled")))
     offload = results.get("offload") or {}
     if "model_cpu_offload" in offload:
@@ -1064,7 +1181,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="bf16 (default; fp32 with --tiny)")
     parser.add_argument("--resolutions", type=lambda s: [int(v) for v in s.split(",")], help="default 512,960")
     parser.add_argument("--steps", type=int, help="sampling steps of pipeline calls (default 50)")
-    parser.add_argument("--repeats", type=int, help="timed repeats of each step measurement (default 20)")
+    parser.add_argument("--repeats", type=int, help="timed repeats of each step measurement and one-step call "
+                        "(default 20)")
     parser.add_argument("--warmup", type=int, help="warm-up calls before them (default 3)")
     parser.add_argument("--pipeline-repeats", type=int, help="timed repeats of each pipeline call (default 2)")
     parser.add_argument("--tiled-size", type=int, help="side of the tiled image (default 2048)")

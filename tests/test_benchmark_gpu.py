@@ -53,11 +53,19 @@ def test_tiny_cpu_run_writes_every_section(bench, tmp_path):
     assert model["compile"]["warmup_total_s"] > 0 and model["compile"]["pipeline"]["compiled"]["median_ms"] > 0
     after_call = model["compile_after_call"]
     assert after_call["compiled_after_first_call"]["median_ms"] > 0 and after_call["after_over_before"] > 0
+    one_step = model["one_step"]["48"]
+    parts_flops = sum(one_step[part]["flops"] for part in ("encode", "unet", "fgfm_decode"))
+    assert parts_flops <= one_step["call"]["flops"] < model["pipeline"]["48"]["off"]["flops"]  # 1 UNet call, not 2
+    assert one_step["call_over_parts"] > 0
+    assert model["one_step_compiled"]["48"]["first_call_s"] > 0
+    assert model["one_step_compiled"]["48"]["compiled"]["median_ms"] > 0
 
     # CUDA-only parts are marked, not silently missing
     skipped = {path for path, value in walk(report) if value == "needs CUDA"}
     for path in (".sdpa_backends", ".profile", ".unet_step.48.clsa.cuda_graph", ".vae_decode.fgfm.cuda_graph",
-                 ".pipeline.48.fast.cuda_graph_unet", ".tiled.cuda_graph_unet", ".compile.48.compiled_cuda_graph"):
+                 ".pipeline.48.fast.cuda_graph_unet", ".tiled.cuda_graph_unet", ".compile.48.compiled_cuda_graph",
+                 ".one_step.48.call.cuda_graph_unet", ".one_step.48.unet.cuda_graph",
+                 ".one_step_compiled.48.compiled_cuda_graph_unet"):
         assert f".models.tiny_random{path}.skipped" in skipped, path
     assert report["models"]["small_model"] == {"skipped": "no --model folder given"}
     assert [t["measured"] for t in model["targets"]] == [None] * len(bench.TARGETS)  # tiny sizes: no 512/960
@@ -69,12 +77,17 @@ def test_summary_tables_carry_the_measured_numbers(bench, tmp_path, capsys):
     report = {"environment": {"device": "cuda", "gpu": "NVIDIA H200", "torch": "2.x", "diffusers": "0.x"},
               "settings": {"dtype": "bf16"}, "matmul": {"tflops": 747.0}, "status": "running",
               "models": {"small_model": {"skipped": "no --model folder given"},
-                         "sd21_arch_random": {"unet_step": {"960": {"clsa": step}}}}}
+                         "sd21_arch_random": {"unet_step": {"960": {"clsa": step}},
+                                              "one_step": {"512": {"call": {"eager": {"median_ms": 40.0},
+                                                                            "cuda_graph_unet": {"median_ms": 35.0}}}},
+                                              "one_step_compiled": {"512": {"compiled": {"median_ms": 30.0}}}}}}
     path = tmp_path / "result.json"
     path.write_text(json.dumps(report))
     assert bench.main(["--summarize", str(path)]) == report
     printed = capsys.readouterr().out
     assert "| UNet step 960, CLSA | 30.0 | 20.0 (cuda_graph) | 15.0 | 1.20 | 2.50 |" in printed
+    assert "| one-step call 512 | 40.0 | 35.0 (cuda_graph_unet) |" in printed
+    assert "| one-step call 512, torch.compile | 40.0 | 30.0 (compiled) |" in printed
     assert "| dual-branch UNet+CLSA step at 960, multiple of its compute floor | 1.25 | 1.20 | yes |" in printed
     assert "cut short" in printed and "small_model" not in printed
 
