@@ -16,6 +16,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import reflection_separation
 from reflection_separation.evaluation import format_markdown_table
@@ -121,26 +122,36 @@ SHIPPED = """## The shipped small model
 `reflection_separation.DEFAULT_MODEL` (inside the package): the whole method at a small size, trained from
 scratch on synthetic mixtures because no pretrained diffusion weights can be downloaded where it is built:
 {parameters}. Stored as fp16 safetensors ({megabytes:.1f} MB); diffusers loads the UNet, VAE and C in
-float32 (the text encoder too). Defaults: {resolution} px processing resolution, {steps} DDIM steps, {schedule}.
+float32 (the text encoder too). Defaults: {resolution} px processing resolution, {mode}, {schedule}.
 Trained on H200 GPUs: the VAE (1500 steps) with `examples/train_shipped_model_4gpu.sh`, C and FGFM (300 steps
-each) with `examples/train_shipped_model_1gpu.sh`; the UNet retrained on 2026-12-03 with
-`examples/train_shipped_model.sh` on 281,600 synthetic mixtures of 223 real photographs and eight mixing recipes
-(1100 steps of batch 256; `examples/configs/small_model.json`, logs in
-`examples/logs/2026-12-03_shipped_model_retrain/`).
+each) with `examples/train_shipped_model_1gpu.sh`; the UNet retrained from scratch on 2026-12-03 with
+`examples/train_shipped_model.sh` (281,600 synthetic mixtures of 223 real photographs and eight mixing recipes,
+1100 steps of batch 256; `examples/configs/small_model.json`, logs in
+`examples/logs/2026-12-03_shipped_model_retrain/`), trained further with `examples/continue_shipped_model.sh`
+(332,800 more, 614,400 in all; `examples/logs/2026-12-03_shipped_model_continued/`), then fine-tuned for one-step
+separation by the `onestep` stage on 2026-12-04 (900 steps of batch 64 through the FGFM decoder;
+`examples/logs/2026-12-04_shipped_model_onestep/`).
 
 {quality}
 """
 
 
-def quality_sentence(path: Path) -> str:
-    """How the shipped model compares with its input and with the control, from the ablation JSON."""
+def quality_sentence(path: Path, one_step: bool) -> str:
+    """How the shipped model compares with its input and with the control, from the ablation JSON: its one-step
+    row (the ablation's fine-tuned one-step pipeline) when the model defaults to one step, else the full method."""
     if not path.exists():
         return "It has not been measured on held-out mixtures yet."
     rows = {row["name"]: row["metrics"] for row in json.loads(path.read_text())["rows"]}
     full, mixture = rows["full (+disjoint, +FGFM)"], rows["mixture as T"]
-    sentence = (f"A small model with a short training budget, it separates only partly: on {full['count']} held-out "
-                f"mixtures its transmission scores {full['t_psnr']:.2f} dB PSNR / {full['t_ssim']:.3f} SSIM against "
+    shipped = rows.get("one-step, fine-tuned") if one_step else None
+    measured = shipped or full
+    sentence = (f"A small model with a short training budget, it separates only partly: on {measured['count']} "
+                f"held-out mixtures its transmission scores {measured['t_psnr']:.2f} dB PSNR / "
+                f"{measured['t_ssim']:.3f} SSIM (reflection {measured['r_psnr']:.2f} dB) against "
                 f"{mixture['t_psnr']:.2f} dB / {mixture['t_ssim']:.3f} for the input itself")
+    if shipped is not None:
+        sentence += (f"; the multi-step full method with the UNet before its one-step fine-tune scores "
+                     f"{full['t_psnr']:.2f} dB / {full['t_ssim']:.3f}")
     if "control regressor" in rows:
         control = rows["control regressor"]
         sentence += (f", and a pixel-space U-Net regressor trained with the same budget reaches "
@@ -164,8 +175,12 @@ def shipped_section(folder: Path, ablation: Path) -> str:
     )
     parameters = ", ".join(f"{name} {count / 1e6:.2f} M" for name, count in counts.items())
     parameters += f" parameters ({sum(counts.values()) / 1e6:.1f} M in all)"
+    one_step = config.get("default_one_step", False)
+    steps = config["default_denoising_steps"]
+    mode = (f"one UNet call (one-step mode; `one_step=False` samples {steps} DDIM steps)" if one_step
+            else f"{steps} DDIM steps")
     return SHIPPED.format(parameters=parameters, megabytes=size / 1e6, resolution=config["default_processing_resolution"],
-                          steps=config["default_denoising_steps"], schedule=schedule, quality=quality_sentence(ablation))
+                          mode=mode, schedule=schedule, quality=quality_sentence(ablation, one_step))
 
 
 def cpu_section(path: Path) -> str:
@@ -175,9 +190,29 @@ def cpu_section(path: Path) -> str:
         f"## CPU time ({_shown(path)})\n\n"
         f"{report['description']} {report['median_seconds']:.1f} s (median of {len(report['seconds'])}) on "
         f"{settings['threads']} threads of an {report['cpu']}, torch {report['versions']['torch']}: "
-        f"{settings['processing_resolution']} px, {settings['num_inference_steps']} steps, composition guidance "
-        f"{settings['composition_guidance']}. Made by `benchmarks/cpu_timing.py`.\n"
+        f"{settings['processing_resolution']} px, {mode(settings)}, {guidance(settings)}. {other_mode(report)}"
+        f"Made by `benchmarks/cpu_timing.py`.\n"
     )
+
+
+def mode(settings: dict[str, Any]) -> str:
+    return "one step" if settings.get("one_step") else f"{settings['num_inference_steps']} steps"
+
+
+def guidance(settings: dict[str, Any]) -> str:
+    """One-step calls run composition guidance only when a call asks for it; the defaults do not."""
+    if settings.get("one_step"):
+        return "no composition guidance"
+    return f"composition guidance {settings['composition_guidance']}"
+
+
+def other_mode(report: dict[str, Any]) -> str:
+    """The time of the mode that is not the default, where the report has it."""
+    key = "multi_step" if report["settings"].get("one_step") else "one_step"
+    if f"{key}_median_seconds" not in report:
+        return ""
+    label = f"{report['settings']['num_inference_steps']} steps" if key == "multi_step" else "One step"
+    return f"{label}: {report[f'{key}_median_seconds']:.1f} s. "
 
 
 def benchmark_section(path: Path) -> str:

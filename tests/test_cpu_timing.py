@@ -21,5 +21,8 @@ def test_cpu_timing_writes_its_report(tmp_path):
     assert report["median_seconds"] == sum(report["seconds"]) / 2
     assert len(report["one_step_seconds"]) == 2 and all(s > 0 for s in report["one_step_seconds"])
     assert report["one_step_median_seconds"] == sum(report["one_step_seconds"]) / 2
+    assert len(report["multi_step_seconds"]) == 2 and all(s > 0 for s in report["multi_step_seconds"])
+    assert report["multi_step_median_seconds"] == sum(report["multi_step_seconds"]) / 2
+    assert report["settings"]["one_step"] is False
     assert report["output_size"] == [40, 40]
     assert report["settings"]["threads"] == 1 and report["settings"]["num_inference_steps"] >= 1
