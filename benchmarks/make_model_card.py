@@ -177,10 +177,10 @@ def shipped_section(folder: Path, ablation: Path) -> str:
     parameters += f" parameters ({sum(counts.values()) / 1e6:.1f} M in all)"
     one_step = config.get("default_one_step", False)
     steps = config["default_denoising_steps"]
-    mode = (f"one UNet call (one-step mode; `one_step=False` samples {steps} DDIM steps)" if one_step
-            else f"{steps} DDIM steps")
+    defaults = (f"one UNet call (one-step mode; `one_step=False` samples {steps} DDIM steps)" if one_step
+                else f"{steps} DDIM steps")
     return SHIPPED.format(parameters=parameters, megabytes=size / 1e6, resolution=config["default_processing_resolution"],
-                          mode=mode, schedule=schedule, quality=quality_sentence(ablation, one_step))
+                          mode=defaults, schedule=schedule, quality=quality_sentence(ablation, one_step))
 
 
 def cpu_section(path: Path) -> str:
@@ -190,13 +190,14 @@ def cpu_section(path: Path) -> str:
         f"## CPU time ({_shown(path)})\n\n"
         f"{report['description']} {report['median_seconds']:.1f} s (median of {len(report['seconds'])}) on "
         f"{settings['threads']} threads of an {report['cpu']}, torch {report['versions']['torch']}: "
-        f"{settings['processing_resolution']} px, {mode(settings)}, {guidance(settings)}. {other_mode(report)}"
+        f"{settings['processing_resolution']} px, {mode_label(settings, settings.get('one_step'))}, {guidance(settings)}. "
+        f"{other_mode_time(report)}"
         f"Made by `benchmarks/cpu_timing.py`.\n"
     )
 
 
-def mode(settings: dict[str, Any]) -> str:
-    return "one step" if settings.get("one_step") else f"{settings['num_inference_steps']} steps"
+def mode_label(settings: dict[str, Any], one_step: bool) -> str:
+    return "one step" if one_step else f"{settings['num_inference_steps']} steps"
 
 
 def guidance(settings: dict[str, Any]) -> str:
@@ -206,13 +207,13 @@ def guidance(settings: dict[str, Any]) -> str:
     return f"composition guidance {settings['composition_guidance']}"
 
 
-def other_mode(report: dict[str, Any]) -> str:
+def other_mode_time(report: dict[str, Any]) -> str:
     """The time of the mode that is not the default, where the report has it."""
-    key = "multi_step" if report["settings"].get("one_step") else "one_step"
+    one_step = not report["settings"].get("one_step")
+    key = "one_step" if one_step else "multi_step"
     if f"{key}_median_seconds" not in report:
         return ""
-    label = f"{report['settings']['num_inference_steps']} steps" if key == "multi_step" else "One step"
-    return f"{label}: {report[f'{key}_median_seconds']:.1f} s. "
+    return f"{mode_label(report['settings'], one_step).capitalize()}: {report[f'{key}_median_seconds']:.1f} s. "
 
 
 def benchmark_section(path: Path) -> str:
