@@ -10,6 +10,8 @@
 #            reflection_separation/default_model
 #   onestep  the `onestep` stage (STEPS steps) from reflection_separation/default_model; the fp16 result is
 #            written to $RUN/onestep_fp16 (the package folder is left as it was)
+#   control  the ablation's control regressor trained from scratch (STEPS steps of the config's control stage) on
+#            the same photos, recipes and seed; the fp16 regressor is written to $RUN/control_fp16
 #
 # A run folder left by an earlier command on a still-warm machine is continued (same command, same RUN); a command
 # stopped by MINUTES (status 75) has checkpointed. The results (logs, the config, the fp16 pipeline) are packed into
@@ -28,7 +30,8 @@ export OMP_NUM_THREADS=8
 case $STAGE in
     unet) EXPORT=reflection_separation/default_model ;;
     onestep) EXPORT=$RUN/onestep_fp16 ;;
-    *) echo "STAGE must be unet or onestep, got '$STAGE'" >&2; exit 2 ;;
+    control) EXPORT=$RUN/control_fp16 ;;
+    *) echo "STAGE must be unet, onestep or control, got '$STAGE'" >&2; exit 2 ;;
 esac
 
 python3 - "$BASE" "$RUN" "$STAGE" "$STEPS" <<'EOF'
@@ -45,7 +48,7 @@ EOF
 
 python3 -m reflection_separation.training --config "$RESULTS/config.json" --stage "$STAGE" \
     --pipeline-from reflection_separation/default_model --time-limit-minutes "$MINUTES" \
-    --export-fp16 "$EXPORT" > "$RESULTS/$STAGE.log" 2>&1
+    --export-fp16 "$EXPORT" >> "$RESULTS/$STAGE.log" 2>&1
 STATUS=$?
 cp "$RUN/$STAGE/log.jsonl" "$RESULTS/${STAGE}_log.jsonl" 2>/dev/null
 tail -8 "$RESULTS/$STAGE.log"
