@@ -7,7 +7,7 @@ Models (side by side in one JSON):
   small_model       our shipped small model, with `--model FOLDER` (skipped when not given or missing)
 In `--tiny` mode the first is the test suite's tiny model (`components.build_pipeline()`).
 
-Per model, the sections (in this order; `--only` picks some, `--compile` adds the last three, which compile):
+Per model, the sections (in this order; `--only` picks some, `--compile` adds the last four, which compile):
   unet_step      one dual-branch UNet step (2 rows [T; R], prompts (2, 77, 1024)) at each resolution with plain
                  self-attention and with CLSA (also channels-last, and with fused QKV projections), eager and
                  replayed from a CUDA graph
@@ -31,6 +31,8 @@ Per model, the sections (in this order; `--only` picks some, `--compile` adds th
                  UNet must be recaptured from the compiled one): both should take the same time
   one_step_compiled  the one-step call at each resolution with the UNet, the VAE encoder and the VAE decoder
                  compiled: first-call (warm-up) seconds, then the call with CUDA graphs off and on
+  one_step_fast  the one-step call on a photo of the largest resolution with the UNet and VAE channels-last, eager
+                 and compiled, processed at that side and at `--reduced-processing-resolution` (detail transferred)
 With `--peers DIR`, a forward of RDNet and DSIT (random weights) runs first (`benchmarks/peers.py`).
 Before everything the bf16 matmul rate (8192^3) is measured; every figure with a FLOP count (FlopCounterMode: matmuls,
 convolutions and attention, not elementwise work) also gets `floor_ms = flops / matmul rate` and
@@ -87,8 +89,8 @@ GIB = 1024**3
 NEEDS_CUDA = {"skipped": "needs CUDA"}
 # Per-model sections in run order; the compiling ones are last because they compile modules in place while they run.
 SECTIONS = ("unet_step", "sdpa_backends", "guidance_step", "vae_decode", "profile", "pipeline", "one_step", "tiled",
-            "offload", "compile", "compile_after_call", "one_step_compiled")
-COMPILE_SECTIONS = ("compile", "compile_after_call", "one_step_compiled")
+            "offload", "compile", "compile_after_call", "one_step_compiled", "one_step_fast")
+COMPILE_SECTIONS = ("compile", "compile_after_call", "one_step_compiled", "one_step_fast")
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in COMPILE_SECTIONS)
 GUIDANCE_MODES = ("off", "fast", "full")
 SDPA_BACKENDS = {
@@ -99,9 +101,11 @@ SDPA_BACKENDS = {
 # Sizes of a real run and of the CPU smoke run (`--tiny`); command-line values override them.
 PROFILES: dict[str, dict[str, Any]] = {
     "full": {"resolutions": [512, 960], "steps": 50, "repeats": 20, "warmup": 3, "pipeline_repeats": 2,
-             "tiled_size": 2048, "tile_size": 960, "matmul_size": 8192, "dtype": "bf16", "profile_steps": 3},
+             "tiled_size": 2048, "tile_size": 960, "matmul_size": 8192, "dtype": "bf16", "profile_steps": 3,
+             "reduced_processing_resolution": 768},
     "tiny": {"resolutions": [32, 48], "steps": 2, "repeats": 2, "warmup": 1, "pipeline_repeats": 1,
-             "tiled_size": 96, "tile_size": 48, "matmul_size": 256, "dtype": "fp32", "profile_steps": 1},
+             "tiled_size": 96, "tile_size": 48, "matmul_size": 256, "dtype": "fp32", "profile_steps": 1,
+             "reduced_processing_resolution": 32},
 }
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -259,15 +263,17 @@ def attention_mode(unet: UNet2DConditionModel, clsa: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def channels_last(unet: UNet2DConditionModel, enabled: bool) -> Iterator[None]:
-    """Convolution weights in channels-last layout for the duration (when ``enabled``)."""
+def channels_last(enabled: bool, *modules: torch.nn.Module) -> Iterator[None]:
+    """Convolution weights of ``modules`` in channels-last layout for the duration (when ``enabled``)."""
     if enabled:
-        unet.to(memory_format=torch.channels_last)
+        for module in modules:
+            module.to(memory_format=torch.channels_last)
     try:
         yield
     finally:
         if enabled:
-            unet.to(memory_format=torch.contiguous_format)
+            for module in modules:
+                module.to(memory_format=torch.contiguous_format)
 
 
 @contextlib.contextmanager
@@ -434,17 +440,20 @@ class ModelBench:
         return self.pipe.decode_latents(latents, list(features), self.pipe.config.default_fgfm_strength)
 
     def pipeline_call(
-        self, resolution: int, mode: str, cuda_graphs: bool | None = False, one_step: bool = False
+        self, resolution: int, mode: str, cuda_graphs: bool | None = False, one_step: bool = False,
+        processing_resolution: int | None = None, detail_transfer: str | None = None,
     ) -> Callable[[], Any]:
         """A call on a random square image of side ``resolution`` with guidance ``mode``: ``--steps`` sampling steps,
-        or (``one_step``) the pipeline's one-step mode."""
+        or (``one_step``) the pipeline's one-step mode; processed at ``resolution`` unless ``processing_resolution``
+        says otherwise, with the pipeline's detail transfer unless ``detail_transfer`` is given."""
         image = torch.rand(3, resolution, resolution, generator=torch.Generator().manual_seed(resolution))
 
         def call() -> Any:
             return self.pipe(
                 image,
                 num_inference_steps=1 if one_step else self.args.steps,  # 1 step: the one-step mode
-                processing_resolution=resolution,
+                processing_resolution=processing_resolution or resolution,
+                detail_transfer=detail_transfer,
                 composition_guidance=mode,
                 output_type="pt",
                 generator=torch.Generator().manual_seed(0),
@@ -469,7 +478,7 @@ def section_unet_step(bench: ModelBench) -> dict[str, Any]:
             flops, by_op = bench.step_flops(resolution, clsa)
             sample = inputs[0].contiguous(memory_format=torch.channels_last) if layout else inputs[0]
             args = (sample, inputs[1], inputs[2])
-            with attention_mode(bench.unet, clsa), channels_last(bench.unet, layout), fused_qkv(bench.unet, fused):
+            with attention_mode(bench.unet, clsa), channels_last(layout, bench.unet), fused_qkv(bench.unet, fused):
                 entry[variant] = {**bench.measure_forms(bench.unet_forward, args, flops), "flops_by_op": by_op}
             log(f"  unet_step {resolution} {variant}: eager {entry[variant]['eager'].get('median_ms')} ms")
         entry["clsa_over_plain_flops"] = entry["clsa"]["flops"] / entry["plain"]["flops"]
@@ -805,6 +814,47 @@ def section_one_step_compiled(bench: ModelBench) -> dict[str, Any]:
     return results
 
 
+def section_one_step_fast(bench: ModelBench) -> dict[str, Any]:
+    """The levers on the one-step call for a photo of the largest resolution's side: the UNet and the VAE in
+    channels-last layout (cuDNN's native layout for bf16 convolutions), eager, then compiled (UNet, VAE encoder and
+    decoder; CUDA graphs off and on), each processed at that side and at ``--reduced-processing-resolution`` (768:
+    SD 2.1's native size; the layers then get the photo's detail back with ``detail_transfer="residual"``)."""
+    args, runtime, pipe = bench.args, bench.runtime, bench.pipe
+    side = max(args.resolutions)
+    sizes = sorted({side, args.reduced_processing_resolution}, reverse=True)
+    modules = (pipe.unet, pipe.vae.encoder, pipe.vae.decoder)
+    transfer = {size: None if size == side else "residual" for size in sizes}
+    results: dict[str, Any] = {"photo_side": side, "layout": "channels_last", "backend": args.compile_backend,
+                               "mode": args.compile_mode or "default", "compiled_modules": ["unet", "vae.encoder",
+                               "vae.decoder"], "guidance_mode": "off", "output_type": "pt"}
+    with channels_last(True, pipe.unet, pipe.vae):
+        for size in sizes:
+            call = bench.pipeline_call(side, "off", one_step=True, processing_resolution=size,
+                                       detail_transfer=transfer[size])
+            flops = count_flops(call)[0]
+            results[str(size)] = {"processing_resolution": size, "detail_transfer": transfer[size] or "as configured",
+                                  "flops": flops, "eager": attempt(lambda: runtime.measure(call, flops))}
+            log(f"  one_step_fast {side} at {size}, channels-last: eager {logged_ms(results[str(size)], 'eager')}")
+        with compiled(args, *modules):
+            for size in sizes:
+                entry = results[str(size)]
+                call = bench.pipeline_call(side, "off", one_step=True, processing_resolution=size,
+                                           detail_transfer=transfer[size])
+                entry["first_call_s"] = runtime.time_ms(call) / 1e3  # compiles the modules for this shape
+                entry["compiled"] = attempt(lambda: runtime.measure(call, entry["flops"], repeats=args.repeats))
+                if runtime.is_cuda:
+                    graphed = bench.pipeline_call(side, "off", cuda_graphs=True, one_step=True,
+                                                  processing_resolution=size, detail_transfer=transfer[size])
+                    entry["compiled_cuda_graph_unet"] = attempt(
+                        lambda: runtime.measure(graphed, entry["flops"], repeats=args.repeats))
+                    pipe.release_cuda_graphs()
+                else:
+                    entry["compiled_cuda_graph_unet"] = dict(NEEDS_CUDA)
+                log(f"  one_step_fast {side} at {size}, channels-last, compiled: {logged_ms(entry, 'compiled')}, "
+                    f"with CUDA graphs {logged_ms(entry, 'compiled_cuda_graph_unet')}")
+    return results
+
+
 def section_tiled(bench: ModelBench) -> dict[str, Any]:
     runtime, args, pipe = bench.runtime, bench.args, bench.pipe
     size, tile = args.tiled_size, args.tile_size
@@ -907,6 +957,7 @@ SECTION_FUNCTIONS: dict[str, Callable[[ModelBench], dict[str, Any]]] = {
     "compile": section_compile,
     "compile_after_call": section_compile_after_call,
     "one_step_compiled": section_one_step_compiled,
+    "one_step_fast": section_one_step_fast,
 }
 
 
@@ -1004,6 +1055,10 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any] | No
             rows.append((f"one-step call {resolution}, torch.compile",
                          {"eager": lookup(results, "one_step", resolution, "call", "eager"),
                           **one_step_compiled[resolution]}))
+    fast = results.get("one_step_fast") or {}
+    for size, entry in fast.items():
+        if isinstance(entry, dict) and "processing_resolution" in entry:
+            rows.append((f"one-step call {fast['photo_side']}, processed at {size}, channels-last", entry))
     rows.append((f"tiled {lookup(results, 'tiled', 'image_size')}", lookup(results, "tiled")))
     offload = results.get("offload") or {}
     if "model_cpu_offload" in offload:
@@ -1189,6 +1244,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tile-size", type=int, help="tile side (default 960)")
     parser.add_argument("--matmul-size", type=int, help="side of the square matmul that sets the rate (default 8192)")
     parser.add_argument("--profile-steps", type=int, help="steps recorded by the profiler (default 3)")
+    parser.add_argument("--reduced-processing-resolution", type=int, help="the second processing resolution of "
+                        "one_step_fast (default 768, SD 2.1's native size)")
     parser.add_argument("--text-layers", type=int, default=2, help="CLIP layers of the SD 2.1 model (SD 2.1 uses 23)")
     parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--output", type=Path, help="JSON path (default benchmarks/results/<gpu>_<date>.json)")

@@ -59,6 +59,10 @@ def test_tiny_cpu_run_writes_every_section(bench, tmp_path):
     assert one_step["call_over_parts"] > 0
     assert model["one_step_compiled"]["48"]["first_call_s"] > 0
     assert model["one_step_compiled"]["48"]["compiled"]["median_ms"] > 0
+    fast = model["one_step_fast"]
+    assert fast["photo_side"] == 48 and fast["32"]["detail_transfer"] == "residual"
+    assert fast["32"]["flops"] < fast["48"]["flops"] == one_step["call"]["flops"]  # the same call, in another layout
+    assert fast["32"]["compiled"]["median_ms"] > 0 and fast["48"]["first_call_s"] > 0
 
     # CUDA-only parts are marked, not silently missing
     skipped = {path for path, value in walk(report) if value == "needs CUDA"}
@@ -69,6 +73,15 @@ def test_tiny_cpu_run_writes_every_section(bench, tmp_path):
         assert f".models.tiny_random{path}.skipped" in skipped, path
     assert report["models"]["small_model"] == {"skipped": "no --model folder given"}
     assert [t["measured"] for t in model["targets"]] == [None] * len(bench.TARGETS)  # tiny sizes: no 512/960
+
+
+def test_channels_last_is_undone_after_the_block(bench):
+    pipe = build_pipeline(seed=1)
+    conv = pipe.vae.decoder.conv_in.weight
+    with bench.channels_last(True, pipe.unet, pipe.vae):
+        assert pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        assert not pipe.vae.decoder.conv_in.weight.is_contiguous()
+    assert pipe.vae.decoder.conv_in.weight.is_contiguous() and torch.equal(pipe.vae.decoder.conv_in.weight, conv)
 
 
 def test_summary_tables_carry_the_measured_numbers(bench, tmp_path, capsys):
