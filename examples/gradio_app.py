@@ -287,6 +287,10 @@ def build_demo(pipe, examples: Sequence[tuple[str, Image.Image]] | None = None) 
     default_w = float(_default(config.get("default_fgfm_strength"), 0.8))
     default_mode = _default(config.get("default_composition_guidance"), "fast")
     default_scale = float(_default(config.get("default_composition_guidance_scale"), 0.01))
+
+    def guidance_for(one_step: bool) -> str:
+        return "off" if one_step else default_mode
+
     multiple = int(getattr(getattr(pipe, "image_processor", None), "size_multiple", 64))
     resolution_step = math.gcd(multiple, default_resolution) if default_resolution else multiple
     min_size = int(_default(config.get("min_input_size"), 16))
@@ -331,10 +335,12 @@ def build_demo(pipe, examples: Sequence[tuple[str, Image.Image]] | None = None) 
                     info="how much the decoder borrows detail from the photo; 0 = plain VAE decoder (paper: 0.8)",
                 )
                 guidance = gr.Radio(
-                    list(GUIDANCE_CHOICES), value=default_mode, label="Latent-composition guidance",
+                    list(GUIDANCE_CHOICES), value=guidance_for(one_step.value), label="Latent-composition guidance",
                     info="keeps T + R consistent with the photo; 'fast' differentiates through the Tweedie estimate, "
-                    "'full' through the UNet too (several times slower)",
+                    "'full' through the UNet too (several times slower); off in one step unless chosen",
                 )
+                # what the pipeline runs by default: one step without guidance, the sampling loop with the model's
+                one_step.change(guidance_for, inputs=one_step, outputs=guidance, api_name=False)
                 with gr.Accordion("More settings", open=False):
                     resolution = gr.Slider(
                         0, max(2048, default_resolution), value=default_resolution, step=resolution_step,

@@ -156,3 +156,22 @@ def test_side_by_side_comparison_without_image_slider(app, monkeypatch):
     assert comparison.size == (2 * 30 + 8, 20)
     with pytest.raises(gr.Error, match="whole number"):
         app.make_separate_fn(pipe)(photo, 1.5, 0.2, 0.8, "off", 0.01, 32, 0)
+
+
+@pytest.mark.parametrize("one_step", [False, True])
+def test_guidance_starts_as_the_pipeline_would_run_it(app, one_step):
+    """One step runs no guidance unless asked (the measured default); the radio shows that, and the one-step box
+    switches it between "off" and the model's mode."""
+    from reflection_separation.components import build_pipeline
+
+    pipe = build_pipeline()
+    pipe.register_to_config(default_one_step=one_step, default_composition_guidance="fast")
+    config = app.build_demo(pipe, examples=[]).config
+    components = {c["id"]: c for c in config["components"]}
+    radio = next(c for c in components.values() if c["props"].get("label") == "Latent-composition guidance")
+    box = next(c for c in components.values() if c["props"].get("label") == "One step")
+    assert radio["props"]["value"] == ("off" if one_step else "fast")
+    assert box["props"]["value"] is one_step
+    switches = [d for d in config["dependencies"]
+                if [box["id"], "change"] in [list(t) for t in d["targets"]] and d["outputs"] == [radio["id"]]]
+    assert len(switches) == 1
