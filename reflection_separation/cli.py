@@ -431,6 +431,7 @@ def run_separate(args: argparse.Namespace) -> int:
             "ensemble_size": args.ensemble_size,
             "cuda_graphs": False if args.no_cuda_graphs else None,
             "one_step": args.one_step,
+            "autoencoder_detail": args.autoencoder_detail,
         }
         call_kwargs = {key: value for key, value in call_kwargs.items() if value is not None}
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -545,6 +546,12 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         action=argparse.BooleanOptionalAction,
         help="separate with one UNet call (deterministic; what the `onestep` training stage fine-tunes for); "
         "--no-one-step samples with the loop on a model saved as one-step (default: the model's)",
+    )
+    parser.add_argument(
+        "--autoencoder-detail",
+        action=argparse.BooleanOptionalAction,
+        help="give the transmission the photo's detail that the autoencoder's round trip loses (default: the "
+        "model's; on for the bundled model)",
     )
     parser.add_argument(
         "--resolution",

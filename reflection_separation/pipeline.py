@@ -139,8 +139,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         composition_net: the learned latent composition ``C``.
         default_denoising_steps, default_processing_resolution, default_disjoint_strength,
         default_fgfm_strength, default_composition_guidance, default_composition_guidance_scale,
-        default_composition_guidance_steps, default_detail_transfer: values used when the call leaves the matching
-            argument as ``None``;
+        default_composition_guidance_steps, default_detail_transfer, default_autoencoder_detail: values used when the
+            call leaves the matching argument as ``None``;
             saved with the model (configs saved with the earlier ``default_guidance_mode``/``_scale``/``_steps``
             keys load too, see :data:`RENAMED_CONFIG_KEYS`).
         default_one_step: the UNet was fine-tuned for one-step separation (the ``onestep`` training stage), so calls
@@ -171,6 +171,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         default_composition_guidance_scale: float = 0.01,
         default_composition_guidance_steps: int = 1,
         default_detail_transfer: str = "none",
+        default_autoencoder_detail: bool = False,
         default_one_step: bool = False,
         cross_layer_attention: bool = True,
         min_input_size: int = 16,
@@ -196,6 +197,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             default_composition_guidance_scale=default_composition_guidance_scale,
             default_composition_guidance_steps=default_composition_guidance_steps,
             default_detail_transfer=default_detail_transfer,
+            default_autoencoder_detail=default_autoencoder_detail,
             default_one_step=default_one_step,
             cross_layer_attention=cross_layer_attention,
             min_input_size=min_input_size,
@@ -350,8 +352,11 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         ensemble_size: int = 1,
         output_uncertainty: bool = False,
         one_step: bool = False,
+        autoencoder_detail: bool = False,
     ) -> None:
         """Validate call arguments; raise ``ValueError``/``TypeError`` naming the argument and its valid values."""
+        if not isinstance(autoencoder_detail, bool):
+            raise TypeError(f"`autoencoder_detail` must be True or False, got {autoencoder_detail!r}.")
         if one_step and composition_guidance == "full":
             raise ValueError(
                 "`composition_guidance='full'` differentiates the composition loss through the UNet with respect to "
@@ -477,6 +482,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
         processing_resolution: int | None = None,
         match_input_resolution: bool = True,
         detail_transfer: str | None = None,
+        autoencoder_detail: bool | None = None,
         disjoint_strength: float | None = None,
         fgfm_strength: float | None = None,
         composition_guidance: str | None = None,
@@ -513,6 +519,11 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                 transmission, ``"residual"`` takes the transmission as the photo minus the upsampled reflection,
                 ``"none"`` upsamples both (see :func:`~reflection_separation.image_processing.transfer_detail`);
                 default from the config.
+            autoencoder_detail: give the transmission the part of the photo that the autoencoder cannot reproduce
+                from its latent, ``T += I - D(E(I))`` at the processing resolution (``D`` the same FGFM decode as
+                the layers'): the fine structure lost in the latent bottleneck belongs mostly to the transmission,
+                as reflections are mostly smooth. One more latent row to decode per image; decoded outputs only.
+                Default from the config.
             disjoint_strength: ``k`` of disjoint sampling; 0 disables it.
             fgfm_strength: ``w`` of the FGFM decoder; 0 decodes with the plain VAE.
             composition_guidance: latent-composition guidance: ``"fast"`` (gradient through Tweedie and ``C``),
@@ -588,6 +599,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             composition_guidance_steps = config.default_composition_guidance_steps
         max_input_size = max_input_size if max_input_size is not None else config.max_input_size
         detail_transfer = detail_transfer if detail_transfer is not None else config.default_detail_transfer
+        if autoencoder_detail is None:
+            autoencoder_detail = config.default_autoencoder_detail
         if batch_size is None:
             batch_size = ensemble_size
         if tile_overlap is None and isinstance(tile_size, int):
@@ -616,6 +629,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             ensemble_size,
             output_uncertainty,
             one_step,
+            autoencoder_detail,
         )
         self.image_processor.check_size(tensors, config.min_input_size, max_input_size)
         if config.cross_layer_attention and not uses_cross_layer_attention(self.unet):
@@ -669,6 +683,7 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             if len(encoded) < batch:
                 rows = torch.tensor([encoded.index(position) for position in chunk_units], device=device)
                 mixture_latents, mixture_features = mixture_latents[rows], [f[rows] for f in mixture_features]
+                pixels = pixels[rows]
             prompt_embeds = self.layer_prompt_batch(prompt_pair, batch)
 
             # 5-6. Initial noise [T rows; R rows], then denoise (or one UNet call).
@@ -682,8 +697,12 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                     callback_on_step_end, callback_on_step_end_tensor_inputs,
                 )
 
-            # 7. Decode with FGFM (unless the latents are the output); rows [T; R] of each member.
-            if output_type != "latent":
+            # 7. Decode with FGFM (unless the latents are the output); rows [T; R] of each member. With
+            #    `autoencoder_detail`, the mixture's latent is decoded alongside and T gets what that round trip lost.
+            if output_type != "latent" and autoencoder_detail:
+                decoded = self.decode_latents(torch.cat([latents, mixture_latents]), mixture_features, fgfm_strength)
+                latents = self.add_autoencoder_detail(decoded[: 2 * batch], pixels, decoded[2 * batch :])
+            elif output_type != "latent":
                 latents = self.decode_latents(latents, mixture_features, fgfm_strength)
             for row, member in enumerate(chunk):
                 results[member] = torch.stack([latents[row], latents[batch + row]])
@@ -990,6 +1009,14 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                 self.unet.disable_gradient_checkpointing()
             for parameter in trainable:
                 parameter.requires_grad_(True)
+
+    @staticmethod
+    def add_autoencoder_detail(layers: torch.Tensor, mixture: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """Decoded ``[T; R]`` rows in [-1, 1] with ``mixture - reconstruction`` (the photo's detail that the
+        autoencoder's round trip loses, one row per mixture) added to the T rows, which are clamped to [-1, 1]."""
+        batch = mixture.shape[0]
+        transmission = (layers[:batch] + mixture.to(layers) - reconstruction).clamp(-1, 1)
+        return torch.cat([transmission, layers[batch:]])
 
     def decode_latents(
         self, latents: torch.Tensor, mixture_features: list[torch.Tensor], fgfm_strength: float
