@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from reflection_separation.components import build_pipeline
 from reflection_separation.training import build_control_regressor
@@ -33,7 +34,7 @@ def test_ablation_rows_on_tiny_models(tmp_path):
     names = [row["name"] for row in report["rows"]]
     assert names == ["mixture as T", "control regressor", "baseline (fine-tune only)", "+CLSA",
                      "+CLSA +latent guidance", "full (+disjoint, +FGFM)", "full without FGFM", "one-step",
-                     "one-step, fine-tuned"]
+                     "one-step, fine-tuned", "one-step, fine-tuned, +autoencoder detail"]
     for row in report["rows"]:
         assert row["metrics"]["count"] == 3 and np.isfinite(row["metrics"]["t_psnr"])
     assert "r_psnr" not in report["rows"][0]["metrics"] and np.isfinite(report["rows"][1]["metrics"]["r_psnr"])
@@ -41,10 +42,13 @@ def test_ablation_rows_on_tiny_models(tmp_path):
     clsa, full = report["rows"][3]["metrics"], report["rows"][5]["metrics"]
     assert clsa["t_psnr"] != full["t_psnr"]
     assert json.loads(output.read_text())["rows"][3]["settings"]["composition_guidance"] == "off"
-    one_step, fine_tuned = report["rows"][7:]
+    one_step, fine_tuned, detailed = report["rows"][7:]
     assert one_step["settings"] == fine_tuned["settings"] == {"one_step": True, "fgfm_strength": 0.8,
-                                                             "num_inference_steps": 1}
+                                                             "autoencoder_detail": False, "num_inference_steps": 1}
+    assert detailed["settings"] == {**fine_tuned["settings"], "autoencoder_detail": True}
     assert one_step["metrics"]["t_psnr"] != fine_tuned["metrics"]["t_psnr"]  # another UNet
+    assert detailed["metrics"]["t_psnr"] != fine_tuned["metrics"]["t_psnr"]
+    assert detailed["metrics"]["r_psnr"] == pytest.approx(fine_tuned["metrics"]["r_psnr"], abs=1e-4)  # R as it was
     assert one_step["metrics"]["t_psnr"] != full["t_psnr"]
     assert output.with_suffix(".md").read_text().startswith("| Row")
 
