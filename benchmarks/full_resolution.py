@@ -2,7 +2,8 @@
 
 Mixtures are made at the photos' own size (>= 1024 px on the long side with the gathered corpus) from the
 validation split (file-name hash, as in training) with a training config's recipes; the pipeline separates each
-at its `processing_resolution` and resizes back with every `detail_transfer` mode. Reported per mode: PSNR / SSIM
+at its `processing_resolution` and resizes back with every `detail_transfer` mode, without and with
+`autoencoder_detail` (at the processing resolution, before the resize). Reported per row: PSNR / SSIM
 of T and R (the evaluation harness's metrics) and the mean |T + R - I|.
 
     python benchmarks/full_resolution.py --photos data/photos --synthesis-config examples/configs/small_model.json \
@@ -67,17 +68,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pipe = ReflectionSeparationPipeline.from_pretrained(args.pipeline, torch_dtype=torch.float32).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     rows = [{"name": "mixture as T", "metrics": summarize([image_metrics(i, i.mixture, None) for i in items])}]
-    for mode in DETAIL_TRANSFER_MODES:
+    for mode, detail in [(mode, detail) for detail in (False, True) for mode in DETAIL_TRANSFER_MODES]:
         start = time.perf_counter()
-        outputs = [pipe(item.mixture, detail_transfer=mode, generator=torch.Generator().manual_seed(args.seed),
-                        output_type="np") for item in items]
+        outputs = [pipe(item.mixture, detail_transfer=mode, autoencoder_detail=detail,
+                        generator=torch.Generator().manual_seed(args.seed), output_type="np") for item in items]
         seconds = time.perf_counter() - start
         transmissions = [out.transmission[0] for out in outputs]
         reflections = [out.reflection[0] for out in outputs]
         metrics = summarize([image_metrics(i, t, r) for i, t, r in zip(items, transmissions, reflections)])
         consistency = float(np.mean([np.abs(t + r - i.mixture).mean()
                                      for i, t, r in zip(items, transmissions, reflections)]))
-        rows.append({"name": f"detail_transfer={mode}", "metrics": metrics, "t_plus_r_error": consistency,
+        rows.append({"name": f"detail_transfer={mode}" + (", autoencoder_detail" if detail else ""), "metrics": metrics, "t_plus_r_error": consistency,
                      "seconds": seconds})
     report = {
         "description": __doc__.split("\n\n")[0],
