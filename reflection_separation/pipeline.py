@@ -522,7 +522,8 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             autoencoder_detail: give the transmission the part of the photo that the autoencoder cannot reproduce
                 from its latent, ``T += I - D(E(I))`` at the processing resolution (``D`` the same FGFM decode as
                 the layers'): the fine structure lost in the latent bottleneck belongs mostly to the transmission,
-                as reflections are mostly smooth. One more latent row to decode per image; decoded outputs only.
+                as reflections are mostly smooth. One more decode per image (not per ensemble member); decoded outputs
+                only.
                 Default from the config.
             disjoint_strength: ``k`` of disjoint sampling; 0 disables it.
             fgfm_strength: ``w`` of the FGFM decoder; 0 decodes with the plain VAE.
@@ -678,12 +679,16 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             pixels = torch.cat([units[position][1] for position in encoded]).to(device=device, dtype=self.vae.dtype)
             batch = len(chunk)
 
-            # 4. Encode the mixture (posterior mode) and keep its features for FGFM; one row per member.
+            # 4. Encode the mixture (posterior mode) and keep its features for FGFM; with `autoencoder_detail`, what
+            #    its round trip through the autoencoder loses (once per mixture); one row per member.
             mixture_latents, mixture_features = self.encode_mixture(pixels)
+            lost_detail = None
+            if autoencoder_detail and output_type != "latent":
+                lost_detail = pixels - self.decode_latents(mixture_latents, mixture_features, fgfm_strength)
             if len(encoded) < batch:
                 rows = torch.tensor([encoded.index(position) for position in chunk_units], device=device)
                 mixture_latents, mixture_features = mixture_latents[rows], [f[rows] for f in mixture_features]
-                pixels = pixels[rows]
+                lost_detail = lost_detail[rows] if lost_detail is not None else None
             prompt_embeds = self.layer_prompt_batch(prompt_pair, batch)
 
             # 5-6. Initial noise [T rows; R rows], then denoise (or one UNet call).
@@ -697,13 +702,12 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                     callback_on_step_end, callback_on_step_end_tensor_inputs,
                 )
 
-            # 7. Decode with FGFM (unless the latents are the output); rows [T; R] of each member. With
-            #    `autoencoder_detail`, the mixture's latent is decoded alongside and T gets what that round trip lost.
-            if output_type != "latent" and autoencoder_detail:
-                decoded = self.decode_latents(torch.cat([latents, mixture_latents]), mixture_features, fgfm_strength)
-                latents = self.add_autoencoder_detail(decoded[: 2 * batch], pixels, decoded[2 * batch :])
-            elif output_type != "latent":
+            # 7. Decode with FGFM (unless the latents are the output); rows [T; R] of each member; T gets the
+            #    detail the autoencoder lost where asked.
+            if output_type != "latent":
                 latents = self.decode_latents(latents, mixture_features, fgfm_strength)
+            if lost_detail is not None:
+                latents = self.add_autoencoder_detail(latents, lost_detail)
             for row, member in enumerate(chunk):
                 results[member] = torch.stack([latents[row], latents[batch + row]])
 
@@ -1011,11 +1015,11 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                 parameter.requires_grad_(True)
 
     @staticmethod
-    def add_autoencoder_detail(layers: torch.Tensor, mixture: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-        """Decoded ``[T; R]`` rows in [-1, 1] with ``mixture - reconstruction`` (the photo's detail that the
-        autoencoder's round trip loses, one row per mixture) added to the T rows, which are clamped to [-1, 1]."""
-        batch = mixture.shape[0]
-        transmission = (layers[:batch] + mixture.to(layers) - reconstruction).clamp(-1, 1)
+    def add_autoencoder_detail(layers: torch.Tensor, lost_detail: torch.Tensor) -> torch.Tensor:
+        """Decoded ``[T; R]`` rows in [-1, 1] with ``lost_detail`` (mixture minus its autoencoder round trip, one row
+        per member) added to the T rows, which are clamped to [-1, 1]."""
+        batch = lost_detail.shape[0]
+        transmission = (layers[:batch] + lost_detail.to(layers)).clamp(-1, 1)
         return torch.cat([transmission, layers[batch:]])
 
     def decode_latents(
