@@ -824,22 +824,20 @@ def section_one_step_fast(bench: ModelBench) -> dict[str, Any]:
     sizes = sorted({side, args.reduced_processing_resolution}, reverse=True)
     modules = (pipe.unet, pipe.vae.encoder, pipe.vae.decoder)
     transfer = {size: None if size == side else "residual" for size in sizes}
+    calls = {size: bench.pipeline_call(side, "off", one_step=True, processing_resolution=size,
+                                       detail_transfer=transfer[size]) for size in sizes}
     results: dict[str, Any] = {"photo_side": side, "layout": "channels_last", "backend": args.compile_backend,
                                "mode": args.compile_mode or "default", "compiled_modules": ["unet", "vae.encoder",
                                "vae.decoder"], "guidance_mode": "off", "output_type": "pt"}
     with channels_last(True, pipe.unet, pipe.vae):
-        for size in sizes:
-            call = bench.pipeline_call(side, "off", one_step=True, processing_resolution=size,
-                                       detail_transfer=transfer[size])
+        for size, call in calls.items():
             flops = count_flops(call)[0]
             results[str(size)] = {"processing_resolution": size, "detail_transfer": transfer[size] or "as configured",
                                   "flops": flops, "eager": attempt(lambda: runtime.measure(call, flops))}
             log(f"  one_step_fast {side} at {size}, channels-last: eager {logged_ms(results[str(size)], 'eager')}")
         with compiled(args, *modules):
-            for size in sizes:
+            for size, call in calls.items():
                 entry = results[str(size)]
-                call = bench.pipeline_call(side, "off", one_step=True, processing_resolution=size,
-                                           detail_transfer=transfer[size])
                 entry["first_call_s"] = runtime.time_ms(call) / 1e3  # compiles the modules for this shape
                 entry["compiled"] = attempt(lambda: runtime.measure(call, entry["flops"], repeats=args.repeats))
                 if runtime.is_cuda:

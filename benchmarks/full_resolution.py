@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metrics = summarize([image_metrics(i, t, r) for i, t, r in zip(items, transmissions, reflections)])
         consistency = float(np.mean([np.abs(t + r - i.mixture).mean()
                                      for i, t, r in zip(items, transmissions, reflections)]))
-        rows.append({"name": f"detail_transfer={mode}" + (", autoencoder_detail" if detail else ""), "metrics": metrics, "t_plus_r_error": consistency,
-                     "seconds": seconds})
+        rows.append({"name": f"detail_transfer={mode}" + (", autoencoder_detail" if detail else ""),
+                     "metrics": metrics, "t_plus_r_error": consistency, "seconds": seconds})
     report = {
         "description": __doc__.split("\n\n")[0],
         "settings": {k: str(v) for k, v in vars(args).items()},

@@ -184,11 +184,11 @@ def shipped_section(folder: Path, ablation: Path) -> str:
     steps = config["default_denoising_steps"]
     defaults = (f"one UNet call (one-step mode; `one_step=False` samples {steps} DDIM steps)" if one_step
                 else f"{steps} DDIM steps")
-    if config.get("default_autoencoder_detail", False):
+    autoencoder_detail = config.get("default_autoencoder_detail", False)
+    if autoencoder_detail:
         defaults += ", autoencoder detail (T gets what the VAE round trip of the photo loses)"
     return SHIPPED.format(parameters=parameters, megabytes=size / 1e6, resolution=config["default_processing_resolution"],
-                          mode=defaults, schedule=schedule,
-                          quality=quality_sentence(ablation, one_step, config.get("default_autoencoder_detail", False)))
+                          mode=defaults, schedule=schedule, quality=quality_sentence(ablation, one_step, autoencoder_detail))
 
 
 def cpu_section(path: Path) -> str:
