@@ -23,15 +23,20 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import tempfile
 import time
+import traceback
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch.autograd import DeviceType
 
-from reflection_separation.training import TrainingConfig, train_stage, training_step
+from reflection_separation.data import BatchedSynthesis, ReflectionSynthesizer, SyntheticReflectionDataset
+from reflection_separation.training import BatchSource, TrainingConfig, train_stage, training_step
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_CONFIG = ROOT / "examples/configs/small_model.json"
@@ -51,7 +56,7 @@ gpu_bench = load_sibling("benchmark_gpu")
 def parse_rows(text: str) -> list[tuple[str, str, bool, int]]:
     """`stage:path:compile:batch,...` -> rows, e.g. `unet:loader:eager:64,unet:device:compiled:256`."""
     rows = []
-    for item in text.split(","):
+    for item in filter(None, text.split(",")):
         stage, path, mode, batch = item.split(":")
         if path not in ("loader", "device") or mode not in ("eager", "compiled"):
             raise ValueError(f"Row {item!r}: path must be loader|device and mode eager|compiled.")
@@ -59,11 +64,17 @@ def parse_rows(text: str) -> list[tuple[str, str, bool, int]]:
     return rows
 
 
+def parse_breakdowns(text: str) -> list[tuple[str, int]]:
+    """`stage:batch,...` -> [(stage, batch)], e.g. `unet:256`."""
+    return [(item.split(":")[0], int(item.split(":")[1])) for item in text.split(",") if item]
+
+
 def run_config(model: dict[str, Any], photos: Path, folder: Path, resolution: int, stage: str, path: str,
-               compiled: bool, batch: int, steps: int, workers: int, synthesis: dict[str, Any]) -> TrainingConfig:
-    log_steps = max(1, steps // 4)
+               compiled: bool | None, batch: int, steps: int, workers: int, synthesis: dict[str, Any],
+               log_steps: int | None = None, seed: int = 0) -> TrainingConfig:
+    log_steps = log_steps or max(1, steps // 4)
     return TrainingConfig.from_dict({
-        "output_dir": str(folder), "photos": str(photos), "model": model, "resolution": resolution,
+        "output_dir": str(folder), "photos": str(photos), "model": model, "resolution": resolution, "seed": seed,
         "mixed_precision": "bf16" if torch.cuda.is_available() else "no", "num_samples": 1_000_000,
         "validation_fraction": 0.15, "synthesis": synthesis, "batched_synthesis": path == "device",
         "stages": {stage: {"steps": steps, "batch_size": batch, "learning_rate": 1e-4, "checkpointing_steps": 10**9,
@@ -101,6 +112,119 @@ def measure_row(config: TrainingConfig, stage: str) -> dict[str, Any]:
     }
 
 
+def timed_part(part: Callable[[], Any], device: torch.device, repeats: int) -> dict[str, Any]:
+    """Milliseconds per call of ``part`` until the device has finished it (mean over ``repeats`` back-to-back calls
+    after one warm-up) and, on CUDA, the milliseconds its kernels keep the GPU busy (profiled over one call: well
+    under ``ms`` means the host is the limit), how many synchronizing CUDA calls one call makes, and where the
+    first one is."""
+    part()
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    synchronize()
+    result: dict[str, Any] = {}
+    if device.type == "cuda":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                part()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        result["host_syncs"] = sum("synchroniz" in str(w.message) for w in caught)
+        if result["host_syncs"]:
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                part()
+            except RuntimeError:
+                result["first_sync"] = traceback.format_exc(limit=-6)[-1500:]
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+            part()
+            synchronize()
+        result["busy_ms"] = sum(e.device_time_total for e in profiler.events()
+                                if e.device_type == DeviceType.CUDA and not e.is_user_annotation) / 1e3
+    start = time.perf_counter()
+    for _ in range(repeats):
+        part()
+    synchronize()
+    result["ms"] = 1e3 * (time.perf_counter() - start) / repeats
+    return result
+
+
+def measure_breakdown(config: TrainingConfig, stage: str, batch: int, device: torch.device, repeats: int,
+                      compiled: bool, layouts: list[str]) -> dict[str, Any]:
+    """Where a step of ``stage`` spends its time: making a batch of mixtures on the device (`BatchedSynthesis`),
+    the three VAE encodes alone, and the objective's forward + backward on a fixed batch, eager and with
+    ``torch.compile``, in NCHW and channels-last layout."""
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as in training
+    step, objective = training_step(config, stage, batch, device)
+    dataset = SyntheticReflectionDataset(config.photos, resolution=config.resolution, num_samples=10**6,
+                                         synthesizer=ReflectionSynthesizer.from_dict(config.synthesis))
+    source = BatchSource(dataset, batch, config.seed, 0, 1, BatchedSynthesis(dataset, device))
+    steps = itertools.count()
+    data = source.batch(0, 0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.stage_precision(stage) == "bf16")
+
+    def encode() -> Any:
+        with autocast:
+            return objective.encode(data["mixture"], data["transmission"], data["reflection"])
+
+    report: dict[str, Any] = {"stage": stage, "batch": batch, "resolution": config.resolution, "repeats": repeats,
+                              "make_batch": timed_part(lambda: source.batch(next(steps), 0), device, repeats)}
+    convolutional = [m for m in (objective.pipe.vae, objective.pipe.unet, objective.trainable) if m is not None]
+    modes = [False, True] if compiled else [False]
+    for layout in layouts:
+        for module in convolutional:
+            module.to(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+        for mode in modes:
+            modules = objective.compiled_modules()
+            if mode:
+                for module in modules:
+                    module.compile()
+            name = f"{layout}_{'compiled' if mode else 'eager'}"
+            try:
+                start = time.perf_counter()
+                step()
+                first_s = time.perf_counter() - start
+                report[name] = {"encode": timed_part(encode, device, repeats),
+                                "forward_backward": timed_part(step, device, repeats), "first_call_s": first_s}
+            except Exception as error:  # noqa: BLE001 - a failed form (inductor, memory) is reported, not fatal
+                report[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+            gpu_bench.uncompile(*modules)
+            print(json.dumps({name: report[name]}), flush=True)
+    del step, objective
+    gpu_bench.clear_memory()
+    return report
+
+
+def loss_curves(model: dict[str, Any], photos: Path, scratch: Path, resolution: int, stage: str, steps: int,
+                batch: int, workers: int, synthesis: dict[str, Any]) -> dict[str, Any]:
+    """The same short run on the old path (`loader`, eager) and the new one (`device`, compiled on CUDA), each with two
+    seeds: the loss every 20th of the run, and the mean loss over its second half. The old-new difference at one
+    seed is compared with the difference between two seeds of one path (the run-to-run noise)."""
+    runs: dict[str, Any] = {}
+    for path, compiled in (("loader", False), ("device", None)):  # None: compiled on CUDA
+        for seed in (0, 1):
+            name = f"{path}_seed{seed}"
+            config = run_config(model, photos, scratch / f"curve_{name}", resolution, stage, path, compiled, batch,
+                                steps, workers, synthesis, log_steps=max(1, steps // 20), seed=seed)
+            start = time.perf_counter()
+            train_stage(config, stage)
+            log = [json.loads(line) for line in (scratch / f"curve_{name}" / stage / "log.jsonl").read_text().splitlines()]
+            losses = [(r["step"], r["loss"]) for r in log if "loss" in r]
+            late = [loss for step, loss in losses if step > steps // 2]
+            runs[name] = {"losses": losses, "second_half_mean": sum(late) / len(late),
+                          "wall_s": time.perf_counter() - start}
+            print(json.dumps({name: runs[name]["second_half_mean"]}), flush=True)
+    mean = {name: run["second_half_mean"] for name, run in runs.items()}
+    return {
+        "stage": stage, "steps": steps, "batch": batch, "resolution": resolution, "runs": runs,
+        "old_minus_new": [mean[f"loader_seed{s}"] - mean[f"device_seed{s}"] for s in (0, 1)],
+        "seed_spread": [mean["loader_seed0"] - mean["loader_seed1"], mean["device_seed0"] - mean["device_seed1"]],
+    }
+
+
 def models(args: argparse.Namespace, scratch: Path, device: torch.device) -> dict[str, tuple[dict[str, Any], int]]:
     """Model name -> (TrainingConfig.model entry, resolution)."""
     small = json.loads(SMALL_CONFIG.read_text())
@@ -131,6 +255,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory() as scratch:
         for name, (model, resolution) in models(args, Path(scratch), device).items():
+            for stage, batch in parse_breakdowns(args.breakdown if name == "small" else ""):
+                config = run_config(model, args.photos, Path(scratch) / f"{name}_breakdown", resolution, stage,
+                                    "device", False, batch, args.steps, 0, synthesis)
+                report.setdefault("breakdowns", []).append(
+                    {"model": name, **measure_breakdown(config, stage, batch, device, args.breakdown_repeats,
+                                                        not args.tiny, args.breakdown_layouts.split(","))})
+                args.output.parent.mkdir(parents=True, exist_ok=True)
+                args.output.write_text(json.dumps(report, indent=2) + "\n")
+            if args.loss_curve and name == "small":
+                stage, steps, batch = args.loss_curve.split(":")
+                report["loss_curves"] = loss_curves(model, args.photos, Path(scratch), resolution, stage, int(steps),
+                                                    int(batch), args.workers, synthesis)
+                args.output.parent.mkdir(parents=True, exist_ok=True)
+                args.output.write_text(json.dumps(report, indent=2) + "\n")
             rows = parse_rows(args.small_rows if name == "small" else args.sd21_rows)
             flops_cache: dict[tuple[str, int], int] = {}
             for index, (stage, path, compiled, batch) in enumerate(rows):
@@ -193,6 +331,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "composition:device:compiled:256,fgfm:loader:eager:16,fgfm:device:eager:64,control:loader:eager:32,"
         "control:device:eager:256"), help="stage:path:eager|compiled:batch,...")
     parser.add_argument("--sd21-rows", default="unet:loader:eager:16,unet:device:eager:16,unet:device:compiled:32")
+    parser.add_argument("--breakdown", default="", help="stage:batch,... of the small model to take apart first "
+                        "(make_batch, encode, forward + backward; eager and compiled, NCHW and channels-last)")
+    parser.add_argument("--breakdown-repeats", type=int, default=10)
+    parser.add_argument("--breakdown-layouts", default="nchw,channels_last", help="comma list of nchw, channels_last")
+    parser.add_argument("--loss-curve", default="", metavar="STAGE:STEPS:BATCH", help="a short run of the small "
+                        "model on the old and the new path, two seeds each, to compare their losses")
     parser.add_argument("--steps", type=int, default=24, help="training steps per row (a quarter are warm-up)")
     parser.add_argument("--workers", type=int, default=8, help="DataLoader workers of the loader rows")
     parser.add_argument("--tiny", action="store_true", help="the test suite's tiny model at 32 px (CPU smoke runs)")

@@ -25,8 +25,9 @@ tables scaled by the quality, 4:4:4, in torch). `T` and `R` stay clean: they are
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -82,6 +83,28 @@ class SynthesisParameters:
     noise: tuple[float, float] | None = None
     noise_seed: int = 0
     jpeg_quality: int = 0
+
+
+def to_device(values: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A small host-side tensor (a list of per-sample values, a table) on ``device`` without stalling the host: on
+    CUDA it is staged in pinned memory and copied asynchronously (a copy from pageable memory waits for the GPU to
+    finish everything queued before it), so the host can prepare the next batch while the GPU trains on this one."""
+    tensor = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return tensor.to(dtype).pin_memory().to(device, non_blocking=True)
+    return tensor.to(device, dtype)
+
+
+@contextlib.contextmanager
+def _no_autotuning() -> Iterator[None]:
+    """cuDNN without benchmark mode: the blur kernels' sizes and the number of samples per recipe change every
+    batch, and training turns benchmark mode on, which would autotune each new shape (a pause each time)."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def _uniform(bounds: Sequence[float], u: float) -> float:
@@ -279,20 +302,22 @@ def compose(
     device, dtype = transmission.device, transmission.dtype
 
     def column(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, device=device, dtype=dtype).view(-1, 1, 1, 1)
+        return to_device(values, device, dtype).view(-1, 1, 1, 1)
 
     layer = blur_batch(reflection, [p.sigma for p in parameters])
     disks = [i for i, p in enumerate(parameters) if p.disk_radius > 0]
     if disks:
-        layer[disks] = disk_blur_batch(reflection[disks], [parameters[i].disk_radius for i in disks])
+        rows = to_device(disks, device, torch.long)
+        layer[rows] = disk_blur_batch(reflection[rows], [parameters[i].disk_radius for i in disks])
     ghosts = [i for i, p in enumerate(parameters) if p.ghost_offset is not None]
     if ghosts:
+        rows = to_device(ghosts, device, torch.long)
         offsets = [parameters[i].ghost_offset for i in ghosts]
         c = column([parameters[i].ghost_attenuation for i in ghosts])
-        layer[ghosts] = (layer[ghosts] + c * shift_batch(layer[ghosts], offsets)) / (1 + c)
+        layer[rows] = (layer[rows] + c * shift_batch(layer[rows], offsets)) / (1 + c)
     layer = layer * spatial_gain(parameters, layer.shape[-2:], device, dtype) * column([p.attenuation for p in parameters])
 
-    gain = torch.tensor([p.transmission_gain for p in parameters], device=device, dtype=dtype).view(-1, 3, 1, 1)
+    gain = to_device([p.transmission_gain for p in parameters], device, dtype).view(-1, 3, 1, 1)
     seen_transmission = transmission * gain
     screen = column([float(p.recipe == "screen") for p in parameters])
     layer = layer * (1 - screen * seen_transmission)
@@ -314,7 +339,7 @@ def spatial_gain(
     x = torch.linspace(0, 1, width, device=device, dtype=dtype).view(1, 1, 1, -1)
 
     def column(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, device=device, dtype=dtype).view(-1, 1, 1, 1)
+        return to_device(values, device, dtype).view(-1, 1, 1, 1)
 
     vignette = [p.vignette or (0.5, 0.5, 0.0) for p in parameters]
     distance = (y - column([v[0] for v in vignette])) ** 2 + (x - column([v[1] for v in vignette])) ** 2
@@ -332,41 +357,42 @@ def blur_batch(images: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
     radius = max(radii)
     if radius == 0:
         return images.clone()
-    coords = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernels = []
-    for sigma, own in zip(sigmas, radii):
-        if sigma > 0:
-            kernel = torch.exp(-(coords**2) / (2 * sigma**2)) * (coords.abs() <= own)
-        else:
-            kernel = (coords == 0).to(images.dtype)
-        kernels.append(kernel / kernel.sum())
+    coords = torch.arange(-radius, radius + 1, dtype=images.dtype)  # the kernels are made on the host
+    sigma = torch.tensor(sigmas, dtype=images.dtype).view(-1, 1)
+    spread = torch.tensor([2 * s**2 if s > 0 else 1.0 for s in sigmas], dtype=images.dtype).view(-1, 1)
+    gaussian = torch.exp(-(coords**2) / spread) * (coords.abs() <= torch.tensor(radii).view(-1, 1))
+    kernels = torch.where(sigma > 0, gaussian, (coords == 0).to(images.dtype))  # sigma 0: the identity
+    kernels = to_device(kernels / kernels.sum(dim=1, keepdim=True), images.device, images.dtype)
     batch, channels, height, width = images.shape
-    weight = torch.stack(kernels).repeat_interleave(channels, dim=0)  # (B * C, K)
+    weight = kernels.repeat_interleave(channels, dim=0)  # (B * C, K)
     out = F.pad(images.reshape(1, batch * channels, height, width), (radius,) * 4, mode="replicate")
-    out = F.conv2d(out, weight[:, None, None, :], groups=batch * channels)
-    out = F.conv2d(out, weight[:, None, :, None], groups=batch * channels)
+    with _no_autotuning():
+        out = F.conv2d(out, weight[:, None, None, :], groups=batch * channels)
+        out = F.conv2d(out, weight[:, None, :, None], groups=batch * channels)
     return out.reshape(batch, channels, height, width)
 
 
 def disk_blur_batch(images: torch.Tensor, radii: Sequence[float]) -> torch.Tensor:
     """Defocus blur with a disk (pillbox) kernel per sample, anti-aliased at its rim, replicated borders."""
     reach = math.ceil(max(radii))
-    coords = torch.arange(-reach, reach + 1, device=images.device, dtype=images.dtype)
+    coords = torch.arange(-reach, reach + 1, dtype=images.dtype)  # the kernels are made on the host
     distance = (coords[:, None] ** 2 + coords[None, :] ** 2).sqrt()
-    kernels = torch.stack([(radius + 0.5 - distance).clamp(0, 1) for radius in radii])
-    kernels = kernels / kernels.sum(dim=(1, 2), keepdim=True)
+    kernels = (torch.tensor(radii, dtype=images.dtype).view(-1, 1, 1) + 0.5 - distance).clamp(0, 1)
+    kernels = to_device(kernels / kernels.sum(dim=(1, 2), keepdim=True), images.device, images.dtype)
     batch, channels, height, width = images.shape
     weight = kernels.repeat_interleave(channels, dim=0)[:, None]
     out = F.pad(images.reshape(1, batch * channels, height, width), (reach,) * 4, mode="replicate")
-    return F.conv2d(out, weight, groups=batch * channels).reshape(batch, channels, height, width)
+    with _no_autotuning():
+        out = F.conv2d(out, weight, groups=batch * channels)
+    return out.reshape(batch, channels, height, width)
 
 
 def shift_batch(images: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> torch.Tensor:
     """`out[b, :, y, x] = images[b, :, y - dy_b, x - dx_b]`, replicating the border instead of wrapping around."""
     batch, channels, height, width = images.shape
     device = images.device
-    dy = torch.tensor([o[0] for o in offsets], device=device).view(-1, 1, 1)
-    dx = torch.tensor([o[1] for o in offsets], device=device).view(-1, 1, 1)
+    dy = to_device([o[0] for o in offsets], device, torch.long).view(-1, 1, 1)
+    dx = to_device([o[1] for o in offsets], device, torch.long).view(-1, 1, 1)
     rows = (torch.arange(height, device=device).view(1, -1, 1) - dy).clamp(0, height - 1)
     cols = (torch.arange(width, device=device).view(1, 1, -1) - dx).clamp(0, width - 1)
     index = (rows * width + cols).view(batch, 1, height * width).expand(batch, channels, -1)
@@ -386,15 +412,17 @@ def degrade(mixture: torch.Tensor, parameters: Sequence[SynthesisParameters]) ->
             )
             for i in noisy
         ])
-        read = torch.tensor([parameters[i].noise[0] for i in noisy], device=mixture.device, dtype=mixture.dtype)
-        shot = torch.tensor([parameters[i].noise[1] for i in noisy], device=mixture.device, dtype=mixture.dtype)
-        std = (read.view(-1, 1, 1, 1) ** 2 + shot.view(-1, 1, 1, 1) * mixture[noisy]).sqrt()
+        read = to_device([parameters[i].noise[0] for i in noisy], mixture.device, mixture.dtype)
+        shot = to_device([parameters[i].noise[1] for i in noisy], mixture.device, mixture.dtype)
+        rows = to_device(noisy, mixture.device, torch.long)
+        std = (read.view(-1, 1, 1, 1) ** 2 + shot.view(-1, 1, 1, 1) * mixture[rows]).sqrt()
         mixture = mixture.clone()
-        mixture[noisy] = (mixture[noisy] + std * noise).clamp(0, 1)
+        mixture[rows] = (mixture[rows] + std * noise).clamp(0, 1)
     compressed = [i for i, p in enumerate(parameters) if p.jpeg_quality > 0]
     if compressed:
+        rows = to_device(compressed, mixture.device, torch.long)
         mixture = mixture.clone()
-        mixture[compressed] = jpeg_compress(mixture[compressed], [parameters[i].jpeg_quality for i in compressed])
+        mixture[rows] = jpeg_compress(mixture[rows], [parameters[i].jpeg_quality for i in compressed])
     return mixture
 
 
@@ -412,10 +440,10 @@ _CHROMA_TABLE = [
 
 def jpeg_tables(qualities: Sequence[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """`(B, 3, 8, 8)` quantization tables (Y, Cb, Cr) scaled by quality as libjpeg does."""
-    base = torch.tensor([_LUMA_TABLE, _CHROMA_TABLE, _CHROMA_TABLE], device=device, dtype=dtype).view(1, 3, 8, 8)
-    quality = torch.tensor([min(max(int(q), 1), 100) for q in qualities], device=device, dtype=dtype)
+    base = torch.tensor([_LUMA_TABLE, _CHROMA_TABLE, _CHROMA_TABLE], dtype=dtype).view(1, 3, 8, 8)
+    quality = torch.tensor([min(max(int(q), 1), 100) for q in qualities], dtype=dtype)
     scale = torch.where(quality < 50, 5000 / quality, 200 - 2 * quality).view(-1, 1, 1, 1)
-    return ((base * scale + 50) / 100).floor().clamp(1, 255)
+    return to_device(((base * scale + 50) / 100).floor().clamp(1, 255), device, dtype)
 
 
 def _dct_matrix(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -430,11 +458,13 @@ def jpeg_compress(images: torch.Tensor, qualities: Sequence[int]) -> torch.Tenso
     which is lossless): RGB -> YCbCr, 8x8 DCT, quantization, and back, rounded to 8-bit levels."""
     batch, _, height, width = images.shape
     device, dtype = images.device, images.dtype
-    to_ycc = torch.tensor(
-        [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], device=device, dtype=dtype
+    to_ycc = torch.tensor(  # made on the host, as every constant here: no copy that waits for the GPU
+        [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=dtype
     )
-    pixels = torch.einsum("kc,bchw->bkhw", to_ycc, images * 255)
-    pixels = pixels + torch.tensor([0.0, 128.0, 128.0], device=device, dtype=dtype).view(1, 3, 1, 1) - 128
+    to_rgb = to_device(torch.linalg.inv(to_ycc), device, dtype)
+    offset = to_device([0.0, 128.0, 128.0], device, dtype).view(1, 3, 1, 1)
+    pixels = torch.einsum("kc,bchw->bkhw", to_device(to_ycc, device, dtype), images * 255)
+    pixels = pixels + offset - 128
     pad_h, pad_w = -height % 8, -width % 8
     pixels = F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
     rows, cols = pixels.shape[2] // 8, pixels.shape[3] // 8
@@ -444,7 +474,6 @@ def jpeg_compress(images: torch.Tensor, qualities: Sequence[int]) -> torch.Tenso
     coefficients = dct @ blocks @ dct.T
     blocks = dct.T @ ((coefficients / tables).round() * tables) @ dct
     pixels = blocks.permute(0, 1, 2, 4, 3, 5).reshape(batch, 3, rows * 8, cols * 8)[..., :height, :width]
-    pixels = pixels + 128 - torch.tensor([0.0, 128.0, 128.0], device=device, dtype=dtype).view(1, 3, 1, 1)
-    to_rgb = torch.linalg.inv(to_ycc)
+    pixels = pixels + 128 - offset
     rgb = torch.einsum("kc,bchw->bkhw", to_rgb, pixels)
     return (rgb.round().clamp(0, 255) / 255).to(dtype)

@@ -65,6 +65,7 @@ from .components import ModelSizeConfig, build_pipeline
 from .composition import composition_loss
 from .data import BatchedSynthesis, ReflectionSynthesizer, SyntheticReflectionDataset, list_images
 from .pipeline import ReflectionSeparationPipeline
+from .synthesis import to_device
 from .vae import FGFM_PREFIX, FGFMAutoencoderKL
 
 STAGES = ("vae", "unet", "composition", "fgfm", "onestep", "control")
@@ -224,7 +225,7 @@ def per_sample_randn(shape: tuple[int, ...], generators: list[torch.Generator], 
     """
     per = shape[0] // len(generators)
     draws = torch.stack([torch.randn((per, *shape[1:]), generator=g) for g in generators], dim=1)
-    return draws.reshape(shape).to(like, non_blocking=True)  # a fresh CPU tensor: no need to wait for the GPU
+    return to_device(draws.reshape(shape), like.device, like.dtype)
 
 
 # ---------------------------------------------------------------------------- objectives
@@ -296,7 +297,7 @@ class UNetObjective(Objective):
         size = mixture.shape[0]
         num_train = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.cat([torch.randint(0, num_train, (1,), generator=g) for g in generators])
-        timesteps = timesteps.repeat(2).to(clean.device, non_blocking=True)
+        timesteps = to_device(timesteps.repeat(2), clean.device, torch.long)
         noise = per_sample_randn(tuple(clean.shape), generators, clean)
         noisy = self.noise_scheduler.add_noise(clean, noise, timesteps)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
