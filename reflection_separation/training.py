@@ -264,6 +264,9 @@ class VAEObjective(Objective):
         for name, parameter in pipe.vae.named_parameters():
             parameter.requires_grad_(not name.startswith(FGFM_PREFIX))
 
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.pipe.vae.encoder, self.pipe.vae.decoder]
+
     def forward(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
         images = _to_model_range(torch.cat([batch["transmission"], batch["mixture"]]))
         posterior = self.trainable.encode(images).latent_dist
@@ -327,6 +330,11 @@ class FGFMObjective(Objective):
         super().__init__(pipe, pipe.vae.fgfm_fusions)
         self.latent_noise = latent_noise
 
+    def compiled_modules(self) -> list[nn.Module]:
+        """The encoder and the decoder: dynamo traces the FGFM feature hooks (and the fusions they call) into the
+        compiled decoder, with each call's features as graph inputs (tested against eager)."""
+        return [self.pipe.vae.encoder, self.pipe.vae.decoder]
+
     def forward(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
         vae = self.pipe.vae
         with torch.no_grad():
@@ -341,8 +349,8 @@ class FGFMObjective(Objective):
 
 class OneStepObjective(Objective):
     """The ``onestep`` stage: the UNet (CLSA as configured) learns to give both layers in one call, with the pixel
-    loss of their FGFM-decoded images; gradients flow through the frozen decoder. Only the UNet is compiled: the
-    VAE runs with FGFM's feature hooks (as in the ``fgfm`` stage)."""
+    loss of their FGFM-decoded images; gradients flow through the frozen decoder. The UNet, the encoder and the
+    decoder are compiled (as in the ``fgfm`` stage)."""
 
     def __init__(self, pipe: ReflectionSeparationPipeline, composition_weight: float) -> None:
         super().__init__(pipe, pipe.unet)
@@ -350,7 +358,7 @@ class OneStepObjective(Objective):
         self.register_buffer("prompt_pair", pipe.encode_layer_prompts(pipe.unet.device).detach(), persistent=False)
 
     def compiled_modules(self) -> list[nn.Module]:
-        return [self.trainable]
+        return [self.trainable, self.pipe.vae.encoder, self.pipe.vae.decoder]
 
     def forward(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
         pipe = self.pipe

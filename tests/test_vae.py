@@ -40,6 +40,36 @@ def test_features_are_multiscale_and_match_decoder_blocks():
 
 
 @torch.no_grad()
+def test_features_and_fusion_follow_the_definition():
+    """The written-out paths against the definition, computed here with forward hooks on a plain AutoencoderKL:
+    features are each down block's last resnet output; FGFM adds ``w f([y_enc | y_dec])`` after each up block."""
+    base = base_vae()
+    fgfm = FGFMAutoencoderKL.from_vae(base).eval()
+    for fusion in fgfm.fgfm_fusions:
+        torch.nn.init.normal_(fusion.proj_out.weight, std=0.05)
+    mixture = torch.rand(2, 3, 32, 32) * 2 - 1
+    recorded = []
+    hooks = [block.resnets[-1].register_forward_hook(lambda m, args, out: recorded.append(out))
+             for block in base.encoder.down_blocks]
+    base.encode(mixture)
+    _, features = fgfm.encode_with_features(mixture)
+    assert len(features) == 3 and all(torch.equal(a, b) for a, b in zip(features, recorded))
+    for hook in hooks:
+        hook.remove()
+    z = torch.randn(2, 4, 8, 8)
+
+    def fuse(up_index: int):
+        fusion, encoder_features = fgfm.fgfm_fusions[up_index], features[fgfm.fgfm_encoder_index(up_index)]
+        return lambda module, args, out: out + 0.8 * fusion(encoder_features, out)
+
+    hooks = [block.register_forward_hook(fuse(j)) for j, block in enumerate(base.decoder.up_blocks)]
+    expected = base.decode(z).sample
+    for hook in hooks:
+        hook.remove()
+    assert torch.equal(fgfm.decode(z, mixture_features=features, fgfm_strength=0.8).sample, expected)
+
+
+@torch.no_grad()
 def test_trained_fusion_modulates_and_strength_scales_it():
     fgfm = FGFMAutoencoderKL.from_vae(base_vae()).eval()
     for fusion in fgfm.fgfm_fusions:

@@ -50,7 +50,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DCon
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0, SlicedAttnProcessor
-from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.autoencoders.vae import Decoder, DecoderOutput, DiagonalGaussianDistribution, Encoder
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
 from diffusers.utils import BaseOutput
@@ -1139,6 +1139,62 @@ class FusionBlock(nn.Module):
         return self.proj_out(self.act(self.proj_in(torch.cat([encoder_features, decoder_features], dim=1))))
 
 
+class _Checkpointed:
+    """Runs a block as diffusers' ``Encoder``/``Decoder`` do: through activation checkpointing when it is enabled
+    and gradients are recorded."""
+
+    def _checkpointed(self, block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return self._gradient_checkpointing_func(block, *args)
+        return block(*args)
+
+
+class FGFMEncoder(_Checkpointed, Encoder):
+    """diffusers' VAE ``Encoder`` that can also return FGFM's features, the output of each down block's last resnet
+    (before its downsampler). Written out rather than recorded by forward hooks: ``torch.compile`` does not guard on
+    hooks, so an encoder compiled on a call without them would drop them on later calls (measured)."""
+
+    def forward(
+        self, sample: torch.Tensor, return_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        if not return_features:
+            return super().forward(sample)
+        sample = self.conv_in(sample)
+        features = []
+        for block in self.down_blocks:
+            for resnet in block.resnets:
+                sample = self._checkpointed(resnet, sample, None)
+            features.append(sample)
+            for downsampler in block.downsamplers or ():
+                sample = downsampler(sample)
+        sample = self._checkpointed(self.mid_block, sample)
+        return self.conv_out(self.conv_act(self.conv_norm_out(sample))), features
+
+
+class FGFMDecoder(_Checkpointed, Decoder):
+    """diffusers' VAE ``Decoder`` that, given ``fusions`` and one encoder feature map per up block, adds
+    ``strength * fusion(y_enc, y_dec)`` to each up block's output (FGFM), written out for the same reason as
+    :class:`FGFMEncoder`. Without ``fusions`` it is the plain decoder."""
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        latent_embeds: torch.Tensor | None = None,
+        fusions: nn.ModuleList | None = None,
+        features: list[torch.Tensor] | None = None,
+        strength: float = 1.0,
+    ) -> torch.Tensor:
+        if fusions is None:
+            return super().forward(sample, latent_embeds)
+        sample = self.conv_in(sample)
+        sample = self._checkpointed(self.mid_block, sample, latent_embeds)
+        for up_block, fusion, encoder_features in zip(self.up_blocks, fusions, features):
+            sample = self._checkpointed(up_block, sample, latent_embeds)
+            sample = sample + strength * fusion(encoder_features.to(sample.dtype), sample)
+        sample = self.conv_norm_out(sample) if latent_embeds is None else self.conv_norm_out(sample, latent_embeds)
+        return self.conv_out(self.conv_act(sample))
+
+
 FGFM_PREFIX = "fgfm_fusions."  # state-dict keys of the FGFM fusion blocks; everything else is the base VAE
 
 
@@ -1192,6 +1248,8 @@ class FGFMAutoencoderKL(AutoencoderKL):
             use_post_quant_conv=use_post_quant_conv,
             mid_block_add_attention=mid_block_add_attention,
         )
+        self.encoder.__class__ = FGFMEncoder  # same modules and weights, plus the feature path
+        self.decoder.__class__ = FGFMDecoder
         self.fgfm_fusions = nn.ModuleList()
         for up_index in range(len(block_out_channels)):
             decoder_channels = block_out_channels[len(block_out_channels) - 1 - up_index]
@@ -1227,19 +1285,6 @@ class FGFMAutoencoderKL(AutoencoderKL):
         if unexpected or any(not key.startswith(FGFM_PREFIX) for key in missing):
             raise ValueError(f"VAE weights do not match the FGFM model: missing={missing}, unexpected={unexpected}.")
 
-    @contextmanager
-    def _record_encoder_features(self) -> Iterator[list[torch.Tensor]]:
-        features: list[torch.Tensor] = []
-        hooks = [
-            block.resnets[-1].register_forward_hook(lambda module, args, output: features.append(output))
-            for block in self.encoder.down_blocks
-        ]
-        try:
-            yield features
-        finally:
-            for hook in hooks:
-                hook.remove()
-
     @apply_forward_hook
     def encode_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encode ``x`` (in [-1, 1]) to its posterior mode and the multi-scale features FGFM fuses.
@@ -1249,27 +1294,17 @@ class FGFMAutoencoderKL(AutoencoderKL):
         """
         if self.use_tiling or self.use_slicing:
             raise ValueError("`encode_with_features` needs VAE tiling and slicing disabled.")
-        with self._record_encoder_features() as features:
-            posterior = self.encode(x).latent_dist
-        return posterior.mode(), list(features)
+        moments, features = self.encoder(x, return_features=True)
+        if self.quant_conv is not None:
+            moments = self.quant_conv(moments)
+        return DiagonalGaussianDistribution(moments).mode(), features
 
-    @contextmanager
-    def _fused_decoder(self, features: list[torch.Tensor], strength: float) -> Iterator[None]:
-        def make_hook(up_index: int):
-            fusion = self.fgfm_fusions[up_index]
-            encoder_features = features[self.fgfm_encoder_index(up_index)]
-
-            def hook(module, args, output):
-                return output + strength * fusion(encoder_features.to(output.dtype), output)
-
-            return hook
-
-        hooks = [block.register_forward_hook(make_hook(j)) for j, block in enumerate(self.decoder.up_blocks)]
-        try:
-            yield
-        finally:
-            for hook in hooks:
-                hook.remove()
+    def _fused_decode(self, z: torch.Tensor, features: list[torch.Tensor], strength: float) -> torch.Tensor:
+        """The decoder with FGFM: each up block fused with the encoder features at its resolution."""
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        matched = [features[self.fgfm_encoder_index(j)] for j in range(len(self.decoder.up_blocks))]
+        return self.decoder(z, fusions=self.fgfm_fusions, features=matched, strength=strength)
 
     def _check_features(self, z: torch.Tensor, features: list[torch.Tensor]) -> None:
         if len(features) != len(self.encoder.down_blocks):
@@ -1313,12 +1348,10 @@ class FGFMAutoencoderKL(AutoencoderKL):
         if self.use_slicing and z.shape[0] > 1:
             slices = []
             for row in range(z.shape[0]):
-                with self._fused_decoder([f[row : row + 1] for f in features], fgfm_strength):
-                    slices.append(self._decode(z[row : row + 1]).sample)
+                slices.append(self._fused_decode(z[row : row + 1], [f[row : row + 1] for f in features], fgfm_strength))
             decoded = torch.cat(slices)
         else:
-            with self._fused_decoder(features, fgfm_strength):
-                decoded = self._decode(z).sample
+            decoded = self._fused_decode(z, features, fgfm_strength)
         if not return_dict:
             return (decoded,)
         return DecoderOutput(sample=decoded)
