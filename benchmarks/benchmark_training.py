@@ -29,8 +29,9 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.autograd import DeviceType
@@ -193,8 +194,6 @@ def measure_breakdown(config: TrainingConfig, stage: str, batch: int, device: to
                 report[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
             gpu_bench.uncompile(*modules)
             print(json.dumps({name: report[name]}), flush=True)
-    del step, objective
-    gpu_bench.clear_memory()
     return report
 
 
@@ -261,6 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 report.setdefault("breakdowns", []).append(
                     {"model": name, **measure_breakdown(config, stage, batch, device, args.breakdown_repeats,
                                                         not args.tiny, args.breakdown_layouts.split(","))})
+                gpu_bench.clear_memory()
                 args.output.parent.mkdir(parents=True, exist_ok=True)
                 args.output.write_text(json.dumps(report, indent=2) + "\n")
             if args.loss_curve and name == "small":

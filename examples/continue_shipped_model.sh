@@ -12,6 +12,9 @@
 #            written to $RUN/onestep_fp16 (the package folder is left as it was)
 #   control  the ablation's control regressor trained from scratch (STEPS steps of the config's control stage) on
 #            the same photos, recipes and seed; the fp16 regressor is written to $RUN/control_fp16
+#   fgfm, composition
+#            STEPS more steps of that stage from reflection_separation/default_model (they train FGFM's fusions and
+#            C on the shipped VAE); the fp16 result is written to $RUN/<stage>_fp16
 #
 # A run folder left by an earlier command on a still-warm machine is continued (same command, same RUN); a command
 # stopped by MINUTES (status 75) has checkpointed. The results (logs, the config, the fp16 pipeline) are packed into
@@ -29,9 +32,8 @@ export OMP_NUM_THREADS=8
 
 case $STAGE in
     unet) EXPORT=reflection_separation/default_model ;;
-    onestep) EXPORT=$RUN/onestep_fp16 ;;
-    control) EXPORT=$RUN/control_fp16 ;;
-    *) echo "STAGE must be unet, onestep or control, got '$STAGE'" >&2; exit 2 ;;
+    onestep | control | fgfm | composition) EXPORT=$RUN/${STAGE}_fp16 ;;
+    *) echo "STAGE must be unet, onestep, control, fgfm or composition, got '$STAGE'" >&2; exit 2 ;;
 esac
 
 python3 - "$BASE" "$RUN" "$STAGE" "$STEPS" <<'EOF'
