@@ -14,7 +14,13 @@ floor time / measured step time. Models: `small` (the shipped model's architectu
 at 256 px, every stage) and `sd21` (the Stable Diffusion 2.1 architecture with random weights, built in code as
 in benchmark_gpu.py, UNet stage at 512 px).
 
+Before the rows, `--breakdown unet:256` takes one step of the small model apart (making the batch, the encodes,
+forward + backward; wall and GPU-busy time, host syncs) and `--loss-curve unet:300:64` trains the same short run
+on the old and the new path with two seeds each, to show that the new path trains the same.
+
     python benchmarks/benchmark_training.py --photos data/pack --output benchmarks/results/training_h200.json
+    python benchmarks/benchmark_training.py --photos data/pack --models small --small-rows "" \
+        --breakdown unet:256 --loss-curve unet:300:64 --output OUT.json
     python benchmarks/benchmark_training.py --summarize benchmarks/results/training_h200.json
     python benchmarks/benchmark_training.py --photos PHOTOS --tiny --output /tmp/t.json      # CPU smoke run
 """
