@@ -111,7 +111,7 @@ def ablation_section(path: Path) -> str:
     table = format_markdown_table([(row["name"], row["metrics"]) for row in report["rows"]], label="Row")
     return (
         f"## Ablation ({_shown(path)})\n\n"
-        f"{report['description']} {settings['num_images']} mixtures at {settings['resolution']} px, "
+        f"{report['description']} {settings['num_images']} mixtures at {settings['resolution']} px, seed {settings['seed']}, "
         f"device {report['device']}, torch {report['versions']['torch']}, diffusers "
         f"{report['versions']['diffusers']}. Made by `benchmarks/ablation.py`.\n\n{table}"
     )
