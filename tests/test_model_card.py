@@ -18,7 +18,7 @@ def test_card_has_hub_front_matter_and_the_ablation_table(tmp_path):
     assert "No trained model has been measured yet" in empty and "base_model" not in empty
     report = {
         "description": "Ablation on held-out synthetic mixtures.",
-        "settings": {"num_images": 2, "resolution": 64},
+        "settings": {"num_images": 2, "resolution": 64, "seed": 7},
         "device": "cpu",
         "versions": {"torch": "2.13.0", "diffusers": "0.42.1"},
         "rows": [
@@ -30,3 +30,4 @@ def test_card_has_hub_front_matter_and_the_ablation_table(tmp_path):
     card = script.build_card(results, "stabilityai/stable-diffusion-2-1-base")
     assert "base_model: stabilityai/stable-diffusion-2-1-base\n" in card
     assert "| full (+disjoint, +FGFM) | 2 | 17.25 |" in card and "No trained model" not in card
+    assert "2 mixtures at 64 px, seed 7," in card
