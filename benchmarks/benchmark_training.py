@@ -73,7 +73,7 @@ def parse_rows(text: str) -> list[tuple[str, str, bool, int]]:
 
 def parse_breakdowns(text: str) -> list[tuple[str, int]]:
     """`stage:batch,...` -> [(stage, batch)], e.g. `unet:256`."""
-    return [(item.split(":")[0], int(item.split(":")[1])) for item in text.split(",") if item]
+    return [(stage, int(batch)) for stage, batch in (item.split(":") for item in text.split(",") if item)]
 
 
 def run_config(model: dict[str, Any], photos: Path, folder: Path, resolution: int, stage: str, path: str,
@@ -216,7 +216,7 @@ def loss_curves(model: dict[str, Any], photos: Path, scratch: Path, resolution: 
                                 steps, workers, synthesis, log_steps=max(1, steps // 20), seed=seed)
             start = time.perf_counter()
             train_stage(config, stage)
-            log = [json.loads(line) for line in (scratch / f"curve_{name}" / stage / "log.jsonl").read_text().splitlines()]
+            log = [json.loads(line) for line in (Path(config.output_dir) / stage / "log.jsonl").read_text().splitlines()]
             losses = [(r["step"], r["loss"]) for r in log if "loss" in r]
             late = [loss for step, loss in losses if step > steps // 2]
             runs[name] = {"losses": losses, "second_half_mean": sum(late) / len(late),
@@ -244,6 +244,12 @@ def models(args: argparse.Namespace, scratch: Path, device: torch.device) -> dic
     return chosen
 
 
+def save_report(report: dict[str, Any], path: Path) -> None:
+    """Rewrite the JSON report: after every part, so that a run stopped by a time limit keeps what it measured."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     runtime = gpu_bench.Runtime(device, torch.bfloat16 if device.type == "cuda" else torch.float32, 2, 5)
@@ -267,14 +273,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     {"model": name, **measure_breakdown(config, stage, batch, device, args.breakdown_repeats,
                                                         not args.tiny, args.breakdown_layouts.split(","))})
                 gpu_bench.clear_memory()
-                args.output.parent.mkdir(parents=True, exist_ok=True)
-                args.output.write_text(json.dumps(report, indent=2) + "\n")
+                save_report(report, args.output)
             if args.loss_curve and name == "small":
                 stage, steps, batch = args.loss_curve.split(":")
                 report["loss_curves"] = loss_curves(model, args.photos, Path(scratch), resolution, stage, int(steps),
                                                     int(batch), args.workers, synthesis)
-                args.output.parent.mkdir(parents=True, exist_ok=True)
-                args.output.write_text(json.dumps(report, indent=2) + "\n")
+                save_report(report, args.output)
             rows = parse_rows(args.small_rows if name == "small" else args.sd21_rows)
             flops_cache: dict[tuple[str, int], int] = {}
             for index, (stage, path, compiled, batch) in enumerate(rows):
@@ -295,8 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 gpu_bench.clear_memory()
                 report["rows"].append(row)
                 print(json.dumps(row), flush=True)
-                args.output.parent.mkdir(parents=True, exist_ok=True)
-                args.output.write_text(json.dumps(report, indent=2) + "\n")
+                save_report(report, args.output)
     return report
 
 

@@ -29,6 +29,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -93,6 +94,11 @@ def to_device(values: Any, device: torch.device, dtype: torch.dtype) -> torch.Te
     if device.type == "cuda":
         return tensor.to(dtype).pin_memory().to(device, non_blocking=True)
     return tensor.to(device, dtype)
+
+
+def _column(values: list[float], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One value per sample as a `(B, 1, 1, 1)` tensor on the device, to scale a batch of images."""
+    return to_device(values, device, dtype).view(-1, 1, 1, 1)
 
 
 @contextlib.contextmanager
@@ -301,9 +307,7 @@ def compose(
         )
     device, dtype = transmission.device, transmission.dtype
 
-    def column(values: list[float]) -> torch.Tensor:
-        return to_device(values, device, dtype).view(-1, 1, 1, 1)
-
+    column = partial(_column, device=device, dtype=dtype)
     layer = blur_batch(reflection, [p.sigma for p in parameters])
     disks = [i for i, p in enumerate(parameters) if p.disk_radius > 0]
     if disks:
@@ -337,10 +341,7 @@ def spatial_gain(
     height, width = size
     y = torch.linspace(0, 1, height, device=device, dtype=dtype).view(1, 1, -1, 1)
     x = torch.linspace(0, 1, width, device=device, dtype=dtype).view(1, 1, 1, -1)
-
-    def column(values: list[float]) -> torch.Tensor:
-        return to_device(values, device, dtype).view(-1, 1, 1, 1)
-
+    column = partial(_column, device=device, dtype=dtype)
     vignette = [p.vignette or (0.5, 0.5, 0.0) for p in parameters]
     distance = (y - column([v[0] for v in vignette])) ** 2 + (x - column([v[1] for v in vignette])) ** 2
     gain = (1 - column([v[2] for v in vignette]) * distance / 2).clamp(0, 1)  # 1 - strength at 1.41 away

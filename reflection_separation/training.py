@@ -331,8 +331,8 @@ class FGFMObjective(Objective):
         self.latent_noise = latent_noise
 
     def compiled_modules(self) -> list[nn.Module]:
-        """The encoder and the decoder: dynamo traces the FGFM feature hooks (and the fusions they call) into the
-        compiled decoder, with each call's features as graph inputs (tested against eager)."""
+        """The encoder and the decoder: their FGFM paths are plain forward code (no hooks), so the fusions and
+        each call's features are part of the compiled graphs (tested against eager)."""
         return [self.pipe.vae.encoder, self.pipe.vae.decoder]
 
     def forward(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
