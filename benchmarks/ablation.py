@@ -166,7 +166,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--synthesis-config", type=Path, help="training config whose `synthesis` recipes make the "
                         "mixtures (default: the additive recipe alone)")
     parser.add_argument("--per-recipe", type=int, default=0, metavar="N", help="also score N mixtures of each recipe")
+    parser.add_argument("--rows", nargs="+", metavar="NAME", help="run only these method rows (names as in the table; "
+                        "the input row always, the control row when --control is given)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="dtype the pipelines run in (the control regressor stays float32)")
     args = parser.parse_args(argv)
+    known = [name for name, _, _ in method_rows(args.ensemble_size)]
+    if args.rows and set(args.rows) - set(known):
+        parser.error(f"unknown --rows {sorted(set(args.rows) - set(known))}; choose from {known}")
+    if args.rows and args.per_recipe and METHOD_ROWS[3][0] not in args.rows:
+        parser.error(f"--per-recipe scores the row {METHOD_ROWS[3][0]!r}: add it to --rows")
 
     synthesis = json.loads(args.synthesis_config.read_text()).get("synthesis", {}) if args.synthesis_config else {}
     synthesizer = ReflectionSynthesizer.from_dict(synthesis)
@@ -183,10 +192,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pipelines = {"main": args.pipeline, "baseline": args.baseline, "onestep": args.onestep_pipeline}
     loaded: dict[str, ReflectionSeparationPipeline] = {}
     for name, which, settings in method_rows(args.ensemble_size):
-        if pipelines[which] is None:
+        if pipelines[which] is None or (args.rows and name not in args.rows):
             continue
         if which not in loaded:
-            loaded[which] = ReflectionSeparationPipeline.from_pretrained(pipelines[which], torch_dtype=torch.float32)
+            loaded[which] = ReflectionSeparationPipeline.from_pretrained(
+                pipelines[which], torch_dtype=getattr(torch, args.dtype))
             loaded[which].to(args.device).set_progress_bar_config(disable=True)
         pipe = loaded[which]
         steps = 1 if settings.get("one_step") else args.steps or pipe.config.default_denoising_steps

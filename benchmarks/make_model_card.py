@@ -197,7 +197,8 @@ def cpu_section(path: Path) -> str:
     return (
         f"## CPU time ({_shown(path)})\n\n"
         f"{report['description']} {report['median_seconds']:.1f} s (median of {len(report['seconds'])}) on "
-        f"{settings['threads']} threads of an {report['cpu']}, torch {report['versions']['torch']}: "
+        f"{settings['threads']} threads of an {report['cpu']}, torch {report['versions']['torch']}, "
+        f"{settings.get('dtype', 'float32')}: "
         f"{settings['processing_resolution']} px, {mode_label(settings, settings.get('one_step'))}, {guidance(settings)}. "
         f"{other_mode_time(report)}"
         f"Made by `benchmarks/cpu_timing.py`.\n"

@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
 # Trains the shipped model further on one GPU, one stage per command of under 10 minutes, starting from the
-# package's fp16 folder (reflection_separation/default_model) so that a fresh machine needs nothing but the
-# repository, the training pack and the wheels: the GPU machine keeps a run folder only while it stays warm.
+# package's fp16 folder (reflection_separation/default_model, or the folder in PIPELINE_FROM) so that a fresh machine
+# needs nothing but the repository, the training pack and the wheels: the GPU machine keeps a run folder only while
+# it stays warm. Each stage exports its fp16 pipeline to $RUN/<stage>_fp16; the package folder is left as it was (copy
+# an export over it once its held-out evaluation beats the shipped model).
 #
 #   bash examples/continue_shipped_model.sh OUT_DIR STAGE STEPS [MINUTES]
 #
 #   unet     STEPS more steps of the UNet stage (a new run with its own warm-up and cosine decay, batch and
-#            recipes of examples/configs/small_model.json); the result, in fp16, replaces
-#            reflection_separation/default_model
-#   onestep  the `onestep` stage (STEPS steps) from reflection_separation/default_model; the fp16 result is
-#            written to $RUN/onestep_fp16 (the package folder is left as it was)
+#            recipes of examples/configs/small_model.json)
+#   onestep  the `onestep` stage (STEPS steps): the UNet fine-tuned for one-step separation
 #   control  the ablation's control regressor trained from scratch (STEPS steps of the config's control stage) on
-#            the same photos, recipes and seed; the fp16 regressor is written to $RUN/control_fp16
+#            the same photos, recipes and seed
 #   fgfm, composition
-#            STEPS more steps of that stage from reflection_separation/default_model (they train FGFM's fusions and
-#            C on the shipped VAE); the fp16 result is written to $RUN/<stage>_fp16
+#            STEPS more steps of that stage (they train FGFM's fusions and C on the shipped VAE)
 #
 # A run folder left by an earlier command on a still-warm machine is continued (same command, same RUN); a command
 # stopped by MINUTES (status 75) has checkpointed. The results (logs, the config, the fp16 pipeline) are packed into
@@ -25,14 +24,15 @@ STAGE=$2
 STEPS=$3
 MINUTES=${4:-8.5}
 RUN=${RUN:-runs/$(date +%F)_shipped_model_$STAGE}
+FROM=${PIPELINE_FROM:-reflection_separation/default_model}
 BASE=${BASE_CONFIG:-examples/configs/small_model.json}  # the config whose model, data and stage settings the run takes
 RESULTS=$RUN/results
 mkdir -p "$RESULTS"
 export OMP_NUM_THREADS=8
 
+EXPORT=$RUN/${STAGE}_fp16
 case $STAGE in
-    unet) EXPORT=reflection_separation/default_model ;;
-    onestep | control | fgfm | composition) EXPORT=$RUN/${STAGE}_fp16 ;;
+    unet | onestep | control | fgfm | composition) ;;
     *) echo "STAGE must be unet, onestep, control, fgfm or composition, got '$STAGE'" >&2; exit 2 ;;
 esac
 
@@ -49,7 +49,7 @@ json.dump(config, open(f"{run}/results/config.json", "w"), indent=2)
 EOF
 
 python3 -m reflection_separation.training --config "$RESULTS/config.json" --stage "$STAGE" \
-    --pipeline-from reflection_separation/default_model --time-limit-minutes "$MINUTES" \
+    --pipeline-from "$FROM" --time-limit-minutes "$MINUTES" \
     --export-fp16 "$EXPORT" >> "$RESULTS/$STAGE.log" 2>&1
 STATUS=$?
 cp "$RUN/$STAGE/log.jsonl" "$RESULTS/${STAGE}_log.jsonl" 2>/dev/null

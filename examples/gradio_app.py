@@ -398,7 +398,7 @@ def build_demo(pipe, examples: Sequence[tuple[str, Image.Image]] | None = None) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reflection_separation.cli import DTYPES
+    from reflection_separation.cli import DTYPE_CHOICES
 
     parser = argparse.ArgumentParser(
         prog="gradio_app.py",
@@ -410,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="saved ReflectionSeparationPipeline folder or Hugging Face Hub id (default: the shipped model)",
     )
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="weights dtype (default: float32)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                        help="weights dtype; auto (default): bfloat16 on a CPU with native bfloat16, else float32")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 = all)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
@@ -419,10 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from reflection_separation.cli import (
-        DTYPES,
         UsageError,
         load_pipeline,
         resolve_device,
+        resolve_dtype,
         resolve_model,
     )
 
@@ -434,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = resolve_model(args.model)
         device = resolve_device(args.device, args.dtype)
         print(f"loading {model} on {device} ...", file=sys.stderr)
-        pipe = load_pipeline(model, device, DTYPES[args.dtype], quiet=True)
+        pipe = load_pipeline(model, device, resolve_dtype(args.dtype, device), quiet=True)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

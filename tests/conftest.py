@@ -16,6 +16,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from reflection_separation.components import ModelSizeConfig, build_pipeline  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def float32_cli(monkeypatch):
+    """The CLI's `--dtype auto` picks bfloat16 on CPUs with native bfloat16; the suite compares CLI outputs with
+    float32 pipeline calls, so it runs as on a CPU without (the tests of `auto` patch this themselves)."""
+    from reflection_separation import cli
+
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda *args: False)
+
+
 @pytest.fixture
 def tiny_pipe():
     pipe = build_pipeline(ModelSizeConfig(), seed=0)

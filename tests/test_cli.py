@@ -14,6 +14,7 @@ from PIL import Image
 
 import reflection_separation
 from reflection_separation import ReflectionSeparationPipeline, cli
+from reflection_separation.cli import cpu_has_native_bf16  # the real one: conftest patches the module's for the suite
 from reflection_separation.components import ModelSizeConfig, build_pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -324,6 +325,42 @@ def test_float16_on_cpu_is_refused(model_dir, tmp_path, capsys):
     image = write_image(tmp_path / "a.png", 40, 40)
     assert run(model_dir, image, "-o", tmp_path / "out", "--dtype", "float16") == 2
     assert "float16 is not supported on CPU" in capsys.readouterr().err
+
+
+def test_cpu_has_native_bf16_reads_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    for flags, native in [("fpu avx2 avx512f avx512_bf16 avx512_vnni", True), ("fpu amx_bf16 amx_tile", True),
+                          ("fpu avx2 avx512f avx512bw avx512_vnni", False), ("", False)]:
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+        assert cpu_has_native_bf16(cpuinfo) is native, flags
+    assert cpu_has_native_bf16(tmp_path / "missing") is False
+
+
+def test_dtype_auto_is_bfloat16_only_on_a_cpu_with_native_bf16(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda *args: True)
+    assert cli.resolve_dtype("auto", cpu) == torch.bfloat16
+    assert cli.resolve_dtype("auto", gpu) == torch.float32
+    assert cli.resolve_dtype("float32", cpu) == torch.float32
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda *args: False)
+    assert cli.resolve_dtype("auto", cpu) == torch.float32
+    assert cli.resolve_dtype("bfloat16", cpu) == torch.bfloat16
+
+
+def test_default_dtype_on_a_native_bf16_cpu_equals_dtype_bfloat16(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda *args: True)
+    loaded = []
+    load = cli.load_pipeline
+    monkeypatch.setattr(cli, "load_pipeline", lambda model, device, dtype, quiet: loaded.append(dtype) or load(
+        model, device, dtype, quiet))
+    image = write_image(tmp_path / "a.png", 40, 40)
+    for out, options in [("auto", ()), ("bf16", ("--dtype", "bfloat16")), ("fp32", ("--dtype", "float32"))]:
+        assert run(model_dir, image, "-o", tmp_path / out, "--device", "cpu", *options) == 0
+    assert loaded == [torch.bfloat16, torch.bfloat16, torch.float32]
+    for layer in ("transmission", "reflection"):
+        auto = pixels(tmp_path / "auto" / f"a_{layer}.png")
+        assert np.array_equal(auto, pixels(tmp_path / "bf16" / f"a_{layer}.png"))
+        assert np.abs(auto - pixels(tmp_path / "fp32" / f"a_{layer}.png")).max() > 0
 
 
 @pytest.mark.parametrize(

@@ -26,3 +26,4 @@ def test_cpu_timing_writes_its_report(tmp_path):
     assert report["settings"]["one_step"] is False
     assert report["output_size"] == [40, 40]
     assert report["settings"]["threads"] == 1 and report["settings"]["num_inference_steps"] >= 1
+    assert report["settings"]["dtype"] == "float32"  # `auto` on a CPU without native bfloat16 (conftest)
