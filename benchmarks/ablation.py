@@ -146,6 +146,21 @@ def held_out_items(
     return items, skipped
 
 
+def earlier_control_row(path: Path, args: argparse.Namespace, synthesizer: ReflectionSynthesizer) -> dict[str, Any]:
+    """The control row of an earlier report, after checking that it scored the same held-out mixtures."""
+    earlier = json.loads(path.read_text())
+    same = ("photos", "validation_fraction", "num_images", "resolution", "seed")
+    changed = [key for key in same if earlier["settings"][key] != getattr(args, key)]
+    if earlier["synthesis"] != json.loads(json.dumps(synthesizer.to_dict())):
+        changed.append("synthesis")
+    if changed:
+        raise ValueError(f"{path} scored other mixtures (its {', '.join(changed)} differ); rerun the control instead.")
+    row = next((row for row in earlier["rows"] if row["name"] == "control regressor"), None)
+    if row is None:
+        raise ValueError(f"{path} has no control regressor row.")
+    return {**row, "from": str(path)}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="trained pipeline folder (with CLSA)")
@@ -166,6 +181,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--synthesis-config", type=Path, help="training config whose `synthesis` recipes make the "
                         "mixtures (default: the additive recipe alone)")
     parser.add_argument("--per-recipe", type=int, default=0, metavar="N", help="also score N mixtures of each recipe")
+    parser.add_argument("--control-row-from", type=Path, metavar="JSON", help="take the control row from this earlier "
+                        "report of the same held-out mixtures (same photos, split, count, seed and recipes) instead of "
+                        "--control, e.g. when the control's weights are not at hand")
     parser.add_argument("--rows", nargs="+", metavar="NAME", help="run only these method rows (names as in the table; "
                         "the input row always, the control row when --control is given)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
@@ -184,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = [
         {"name": "mixture as T", "metrics": summarize([image_metrics(item, item.mixture, None) for item in items])}
     ]
+    if args.control_row_from:
+        rows.append(earlier_control_row(args.control_row_from, args, synthesizer))
     regressor = UNet2DModel.from_pretrained(args.control).to(args.device).eval() if args.control else None
     if regressor is not None:
         metrics, seconds = run_control_row(regressor, items, args.device)

@@ -79,3 +79,27 @@ def test_ablation_per_recipe_with_a_training_configs_recipes(tmp_path):
     screen, glass = (report["per_recipe"][name][0]["metrics"]["t_psnr"] for name in ("screen", "glass_tint"))
     assert screen != glass
     assert "glass_tint (2 mixtures)" in (tmp_path / "ablation.md").read_text()
+
+
+def test_ablation_selected_rows_dtype_and_an_earlier_control_row(tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    build_pipeline().save_pretrained(tmp_path / "main")
+    build_control_regressor((8, 16)).save_pretrained(tmp_path / "control")
+    ablation = load_script("benchmarks/ablation.py")
+    common = ["--pipeline", str(tmp_path / "main"), "--photos", str(photos), "--validation-fraction", "0.4",
+              "--num-images", "2", "--resolution", "32", "--steps", "2", "--batch-size", "2", "--device", "cpu"]
+    first = ablation.main([*common, "--control", str(tmp_path / "control"), "--rows", "+CLSA",
+                           "--output", str(tmp_path / "first.json")])
+    assert [row["name"] for row in first["rows"]] == ["mixture as T", "control regressor", "+CLSA"]
+
+    second = ablation.main([*common, "--control-row-from", str(tmp_path / "first.json"), "--rows", "+CLSA",
+                            "--dtype", "bfloat16", "--output", str(tmp_path / "second.json")])
+    assert second["rows"][1] == {**first["rows"][1], "from": str(tmp_path / "first.json")}
+    clsa, clsa_bf16 = first["rows"][2]["metrics"], second["rows"][2]["metrics"]
+    assert clsa_bf16["t_psnr"] != clsa["t_psnr"] and abs(clsa_bf16["t_psnr"] - clsa["t_psnr"]) < 1.0
+
+    with pytest.raises(ValueError, match="seed differ"):
+        ablation.main([*common, "--seed", "7", "--control-row-from", str(tmp_path / "first.json"), "--rows", "+CLSA",
+                       "--output", str(tmp_path / "third.json")])
+    with pytest.raises(SystemExit):
+        ablation.main([*common, "--rows", "no such row", "--output", str(tmp_path / "fourth.json")])
