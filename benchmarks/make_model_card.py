@@ -128,9 +128,9 @@ each) with `examples/train_shipped_model_1gpu.sh`; the UNet retrained from scrat
 `examples/train_shipped_model.sh` (281,600 synthetic mixtures of 223 real photographs and eight mixing recipes,
 1100 steps of batch 256; `examples/configs/small_model.json`, logs in
 `examples/logs/2026-12-03_shipped_model_retrain/`), trained further with `examples/continue_shipped_model.sh`
-(332,800 more, 614,400 in all; `examples/logs/2026-12-03_shipped_model_continued/`), then fine-tuned for one-step
-separation by the `onestep` stage on 2026-12-04 (900 steps of batch 64 through the FGFM decoder;
-`examples/logs/2026-12-04_shipped_model_onestep/`).
+(332,800 more, 614,400 in all; `examples/logs/2026-12-03_shipped_model_continued/`; 358,400 more on 2026-12-04,
+972,800 in all), then fine-tuned for one-step separation by the `onestep` stage (900 steps of batch 64 through the
+FGFM decoder; `examples/logs/2026-12-04_unet_1M_and_onestep/`).
 
 {quality}
 """
@@ -156,7 +156,8 @@ def quality_sentence(path: Path, one_step: bool, autoencoder_detail: bool = Fals
                      f"{full['t_psnr']:.2f} dB / {full['t_ssim']:.3f}")
     if "control regressor" in rows:
         control = rows["control regressor"]
-        sentence += (f", and the control, a pixel-space U-Net regressor trained for about the same GPU time, "
+        sentence += (f", and the control, a pixel-space U-Net regressor trained on the same photos and recipes "
+                     f"(217,600 mixtures, 14.5 minutes of one H200), "
                      f"reaches {control['t_psnr']:.2f} dB / {control['t_ssim']:.3f} (reflection "
                      f"{control['r_psnr']:.2f} dB)")
     lost = "Its layers lose fine structure at 256 px and reflections" if measured["t_ssim"] < mixture["t_ssim"] \
