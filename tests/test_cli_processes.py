@@ -32,7 +32,7 @@ def launch(model_dir: Path, inputs: Path, out_dir: Path, world_size: int) -> lis
     port = str(free_port())
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "reflection_separation.cli", "separate", str(inputs), "-o", str(out_dir),
-               "--model", str(model_dir), "--device", "cpu"]
+               "--model", str(model_dir), "--device", "cpu", "--dtype", "float32"]  # as the in-process run (conftest)
     running = [
         subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
