@@ -40,6 +40,7 @@ import torch
 from diffusers import UNet2DModel
 
 from reflection_separation import ReflectionSeparationPipeline
+from reflection_separation.cli import DTYPES
 from reflection_separation.data import ReflectionSynthesizer, SyntheticReflectionDataset
 from reflection_separation.evaluation import BenchmarkItem, format_markdown_table, image_metrics, summarize
 from reflection_separation.training import run_control_regressor
@@ -165,7 +166,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="trained pipeline folder (with CLSA)")
     parser.add_argument("--baseline", help="pipeline folder whose UNet was trained without CLSA")
-    parser.add_argument("--control", help="control regressor folder (training stage `control`)")
+    control = parser.add_mutually_exclusive_group()
+    control.add_argument("--control", help="control regressor folder (training stage `control`)")
+    control.add_argument("--control-row-from", type=Path, metavar="JSON", help="take the control row from this earlier "
+                        "report of the same held-out mixtures (same photos, split, count, seed and recipes) instead of "
+                        "--control, e.g. when the control's weights are not at hand")
     parser.add_argument("--onestep-pipeline", help="pipeline folder from the `onestep` training stage")
     parser.add_argument("--photos", required=True, help="the photo folder the models were trained from")
     parser.add_argument("--validation-fraction", type=float, default=0.1, help="as in the training config")
@@ -181,12 +186,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--synthesis-config", type=Path, help="training config whose `synthesis` recipes make the "
                         "mixtures (default: the additive recipe alone)")
     parser.add_argument("--per-recipe", type=int, default=0, metavar="N", help="also score N mixtures of each recipe")
-    parser.add_argument("--control-row-from", type=Path, metavar="JSON", help="take the control row from this earlier "
-                        "report of the same held-out mixtures (same photos, split, count, seed and recipes) instead of "
-                        "--control, e.g. when the control's weights are not at hand")
     parser.add_argument("--rows", nargs="+", metavar="NAME", help="run only these method rows (names as in the table; "
                         "the input row always, the control row when --control is given)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                         help="dtype the pipelines run in (the control regressor stays float32)")
     args = parser.parse_args(argv)
     known = [name for name, _, _ in method_rows(args.ensemble_size)]
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             continue
         if which not in loaded:
             loaded[which] = ReflectionSeparationPipeline.from_pretrained(
-                pipelines[which], torch_dtype=getattr(torch, args.dtype))
+                pipelines[which], torch_dtype=DTYPES[args.dtype])
             loaded[which].to(args.device).set_progress_bar_config(disable=True)
         pipe = loaded[which]
         steps = 1 if settings.get("one_step") else args.steps or pipe.config.default_denoising_steps

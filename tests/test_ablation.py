@@ -103,3 +103,6 @@ def test_ablation_selected_rows_dtype_and_an_earlier_control_row(tmp_path):
                        "--output", str(tmp_path / "third.json")])
     with pytest.raises(SystemExit):
         ablation.main([*common, "--rows", "no such row", "--output", str(tmp_path / "fourth.json")])
+    with pytest.raises(SystemExit):  # one control row or the other, not both
+        ablation.main([*common, "--control", str(tmp_path / "control"), "--control-row-from",
+                       str(tmp_path / "first.json"), "--output", str(tmp_path / "fifth.json")])
