@@ -816,25 +816,27 @@ def section_one_step_compiled(bench: ModelBench) -> dict[str, Any]:
 
 def section_one_step_fast(bench: ModelBench) -> dict[str, Any]:
     """The levers on the one-step call for a photo of the largest resolution's side: the UNet and the VAE in
-    channels-last layout (cuDNN's native layout for bf16 convolutions), eager, then compiled (UNet, VAE encoder and
-    decoder; CUDA graphs off and on), each processed at that side and at ``--reduced-processing-resolution`` (768:
-    SD 2.1's native size; the layers then get the photo's detail back with ``detail_transfer="residual"``)."""
+    channels-last layout (cuDNN's native layout for bf16 convolutions; ``--fast-layout nchw`` keeps the default
+    layout), eager, then compiled (UNet, VAE encoder and decoder; CUDA graphs off and on), each processed at that side
+    and at ``--reduced-processing-resolution`` (768: SD 2.1's native size; the layers then get the photo's detail
+    back with ``detail_transfer="residual"``), or only at the sides of ``--fast-sizes``."""
     args, runtime, pipe = bench.args, bench.runtime, bench.pipe
     side = max(args.resolutions)
-    sizes = sorted({side, args.reduced_processing_resolution}, reverse=True)
+    sizes = sorted(set(args.fast_sizes or (side, args.reduced_processing_resolution)), reverse=True)
     modules = (pipe.unet, pipe.vae.encoder, pipe.vae.decoder)
     transfer = {size: None if size == side else "residual" for size in sizes}
     calls = {size: bench.pipeline_call(side, "off", one_step=True, processing_resolution=size,
                                        detail_transfer=transfer[size]) for size in sizes}
-    results: dict[str, Any] = {"photo_side": side, "layout": "channels_last", "backend": args.compile_backend,
+    layout = args.fast_layout
+    results: dict[str, Any] = {"photo_side": side, "layout": layout, "backend": args.compile_backend,
                                "mode": args.compile_mode or "default", "compiled_modules": ["unet", "vae.encoder",
                                "vae.decoder"], "guidance_mode": "off", "output_type": "pt"}
-    with channels_last(True, pipe.unet, pipe.vae):
+    with channels_last(layout == "channels_last", pipe.unet, pipe.vae):
         for size, call in calls.items():
             flops = count_flops(call)[0]
             results[str(size)] = {"processing_resolution": size, "detail_transfer": transfer[size] or "as configured",
                                   "flops": flops, "eager": attempt(lambda: runtime.measure(call, flops))}
-            log(f"  one_step_fast {side} at {size}, channels-last: eager {logged_ms(results[str(size)], 'eager')}")
+            log(f"  one_step_fast {side} at {size}, {layout}: eager {logged_ms(results[str(size)], 'eager')}")
         with compiled(args, *modules):
             for size, call in calls.items():
                 entry = results[str(size)]
@@ -848,7 +850,7 @@ def section_one_step_fast(bench: ModelBench) -> dict[str, Any]:
                     pipe.release_cuda_graphs()
                 else:
                     entry["compiled_cuda_graph_unet"] = dict(NEEDS_CUDA)
-                log(f"  one_step_fast {side} at {size}, channels-last, compiled: {logged_ms(entry, 'compiled')}, "
+                log(f"  one_step_fast {side} at {size}, {layout}, compiled: {logged_ms(entry, 'compiled')}, "
                     f"with CUDA graphs {logged_ms(entry, 'compiled_cuda_graph_unet')}")
     return results
 
@@ -1056,7 +1058,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any] | No
     fast = results.get("one_step_fast") or {}
     for size, entry in fast.items():
         if isinstance(entry, dict) and "processing_resolution" in entry:
-            rows.append((f"one-step call {fast['photo_side']}, processed at {size}, channels-last", entry))
+            layout = fast.get("layout", "channels_last").replace("_", "-")
+            rows.append((f"one-step call {fast['photo_side']}, processed at {size}, {layout}", entry))
     rows.append((f"tiled {lookup(results, 'tiled', 'image_size')}", lookup(results, "tiled")))
     offload = results.get("offload") or {}
     if "model_cpu_offload" in offload:
@@ -1244,6 +1247,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-steps", type=int, help="steps recorded by the profiler (default 3)")
     parser.add_argument("--reduced-processing-resolution", type=int, help="the second processing resolution of "
                         "one_step_fast (default 768, SD 2.1's native size)")
+    parser.add_argument("--fast-layout", choices=("channels_last", "nchw"), default="channels_last",
+                        help="memory layout of the UNet and the VAE in one_step_fast")
+    parser.add_argument("--fast-sizes", type=lambda s: [int(v) for v in s.split(",")], help="processing resolutions "
+                        "of one_step_fast (default: the largest resolution and --reduced-processing-resolution)")
     parser.add_argument("--text-layers", type=int, default=2, help="CLIP layers of the SD 2.1 model (SD 2.1 uses 23)")
     parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--output", type=Path, help="JSON path (default benchmarks/results/<gpu>_<date>.json)")

@@ -202,3 +202,13 @@ def test_fused_qkv_variant_keeps_clsa_and_the_result_and_restores_the_unet(bench
         assert uses_cross_layer_attention(unet)
         torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(forward(), reference, atol=0, rtol=0)
+
+
+def test_one_step_fast_layout_and_sizes_are_chosen(bench, tmp_path):
+    report = bench.main(["--device", "cpu", "--tiny", "--models", "tiny_random", "--only", "one_step_fast",
+                         "--compile-backend", "eager", "--fast-layout", "nchw", "--fast-sizes", "32",
+                         "--output", str(tmp_path / "bench.json")])
+    fast = report["models"]["tiny_random"]["one_step_fast"]
+    assert fast["layout"] == "nchw" and fast["photo_side"] == 48
+    assert [key for key in fast if key.isdigit()] == ["32"]  # only the size asked for, processed below the photo
+    assert fast["32"]["detail_transfer"] == "residual" and fast["32"]["compiled"]["median_ms"] > 0
