@@ -129,8 +129,9 @@ each) with `examples/train_shipped_model_1gpu.sh`; the UNet retrained from scrat
 1100 steps of batch 256; `examples/configs/small_model.json`, logs in
 `examples/logs/2026-12-03_shipped_model_retrain/`), trained further with `examples/continue_shipped_model.sh`
 (332,800 more, 614,400 in all; `examples/logs/2026-12-03_shipped_model_continued/`; 358,400 more on 2026-12-04,
-972,800 in all), then fine-tuned for one-step separation by the `onestep` stage (900 steps of batch 64 through the
-FGFM decoder; `examples/logs/2026-12-04_unet_1M_and_onestep/`).
+972,800 in all, `examples/logs/2026-12-04_unet_1M_and_onestep/`; 537,600 more the same day, 1,510,400 in all), then
+fine-tuned for one-step separation by the `onestep` stage (1200 steps of batch 64 through the FGFM decoder;
+`examples/logs/2026-12-04_unet_1M5_and_onestep/`).
 
 {quality}
 """
