@@ -1058,8 +1058,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any] | No
     fast = results.get("one_step_fast") or {}
     for size, entry in fast.items():
         if isinstance(entry, dict) and "processing_resolution" in entry:
-            layout = fast.get("layout", "channels_last").replace("_", "-")
-            rows.append((f"one-step call {fast['photo_side']}, processed at {size}, {layout}", entry))
+            rows.append((f"one-step call {fast['photo_side']}, processed at {size}, {fast['layout'].replace('_', '-')}",
+                         entry))
     rows.append((f"tiled {lookup(results, 'tiled', 'image_size')}", lookup(results, "tiled")))
     offload = results.get("offload") or {}
     if "model_cpu_offload" in offload:
