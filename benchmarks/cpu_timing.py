@@ -5,7 +5,8 @@ measures that: one warm-up call, then ``--repeats`` timed calls on a fixed photo
 resized), with torch limited to ``--threads`` threads, and writes the times with the CPU model and versions. The same
 is timed in both modes whatever the default: one step (``one_step=True``: one UNet call) and the sampling loop
 (``one_step=False``, the model's ``default_denoising_steps``). ``--dtype auto`` (the default) is the CLI's default:
-bfloat16 on a CPU with native bfloat16, float32 elsewhere.
+bfloat16 on a CPU with native bfloat16, float32 elsewhere. ``--processing-resolutions`` also times the one-step mode
+at each of those processing resolutions (what choosing the default costs).
 
     python benchmarks/cpu_timing.py --threads 2 --output benchmarks/results/cpu_timing.json
 """
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU cores used)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="weights dtype (default: the CLI's)")
+    parser.add_argument("--processing-resolutions", type=int, nargs="*", default=[],
+                        help="also time the one-step mode at each of these processing resolutions")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -70,6 +73,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     one_step_seconds, one_step_out = time_calls(pipe, photo, args.repeats, one_step=True)
     multi_step_seconds, multi_step_out = time_calls(pipe, photo, args.repeats, one_step=False)
+    by_resolution = {}
+    for size in args.processing_resolutions:
+        times, _ = time_calls(pipe, photo, args.repeats, one_step=True, processing_resolution=size)
+        by_resolution[str(size)] = {"seconds": times, "median_seconds": statistics.median(times)}
     # the defaults are one of the two modes, so their times are that mode's, not a third run of it
     one_step = pipe.config.default_one_step
     seconds, out = (one_step_seconds, one_step_out) if one_step else (multi_step_seconds, multi_step_out)
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "one_step_median_seconds": statistics.median(one_step_seconds),
         "multi_step_seconds": multi_step_seconds,
         "multi_step_median_seconds": statistics.median(multi_step_seconds),
+        "one_step_by_processing_resolution": by_resolution,
         "cpu": cpu_name(),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()},
     }

@@ -3,11 +3,17 @@
 Mixtures are made at the photos' own size (>= 1024 px on the long side with the gathered corpus) from the
 validation split (file-name hash, as in training) with a training config's recipes; the pipeline separates each
 at its `processing_resolution` and resizes back with every `detail_transfer` mode, without and with
-`autoencoder_detail` (at the processing resolution, before the resize). Reported per row: PSNR / SSIM
-of T and R (the evaluation harness's metrics) and the mean |T + R - I|.
+`autoencoder_detail` (at the processing resolution, before the resize). With `--processing-resolutions` it also
+separates them with the model's default settings at each of those processing resolutions (how the shipped model's
+default is chosen; `--no-mode-rows` runs only this sweep). Reported per row: PSNR / SSIM of T and R (the evaluation
+harness's metrics), the mean |T + R - I|, the seconds the row took, and each mixture's T and R PSNR (for paired
+comparisons of rows).
 
     python benchmarks/full_resolution.py --photos data/photos --synthesis-config examples/configs/small_model.json \
         --output benchmarks/results/full_resolution_small_model.json
+    python benchmarks/full_resolution.py --photos data/photos --synthesis-config examples/configs/small_model.json \
+        --num-images 24 --processing-resolutions 192 256 320 384 512 --no-mode-rows \
+        --output benchmarks/results/processing_resolution_small_model.json
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num-images", type=int, default=12)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--processing-resolutions", type=int, nargs="*", default=[],
+                        help="also separate at each of these processing resolutions with the default settings")
+    parser.add_argument("--no-mode-rows", action="store_true", help="skip the detail_transfer x autoencoder_detail rows")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -68,24 +77,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pipe = ReflectionSeparationPipeline.from_pretrained(args.pipeline, torch_dtype=torch.float32).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     rows = [{"name": "mixture as T", "metrics": summarize([image_metrics(i, i.mixture, None) for i in items])}]
-    for mode, detail in [(mode, detail) for detail in (False, True) for mode in DETAIL_TRANSFER_MODES]:
+    runs = [] if args.no_mode_rows else [
+        (f"detail_transfer={mode}" + (", autoencoder_detail" if detail else ""),
+         {"detail_transfer": mode, "autoencoder_detail": detail})
+        for detail in (False, True) for mode in DETAIL_TRANSFER_MODES
+    ]
+    runs += [(f"processing_resolution={size}", {"processing_resolution": size}) for size in args.processing_resolutions]
+    for name, settings in runs:
         start = time.perf_counter()
-        outputs = [pipe(item.mixture, detail_transfer=mode, autoencoder_detail=detail,
-                        generator=torch.Generator().manual_seed(args.seed), output_type="np") for item in items]
+        outputs = [pipe(item.mixture, generator=torch.Generator().manual_seed(args.seed), output_type="np", **settings)
+                   for item in items]
         seconds = time.perf_counter() - start
         transmissions = [out.transmission[0] for out in outputs]
         reflections = [out.reflection[0] for out in outputs]
-        metrics = summarize([image_metrics(i, t, r) for i, t, r in zip(items, transmissions, reflections)])
+        per_item = [image_metrics(i, t, r) for i, t, r in zip(items, transmissions, reflections)]
+        metrics = summarize(per_item)
         consistency = float(np.mean([np.abs(t + r - i.mixture).mean()
                                      for i, t, r in zip(items, transmissions, reflections)]))
-        rows.append({"name": f"detail_transfer={mode}" + (", autoencoder_detail" if detail else ""),
-                     "metrics": metrics, "t_plus_r_error": consistency, "seconds": seconds})
+        rows.append({"name": name, "settings": settings, "metrics": metrics, "t_plus_r_error": consistency,
+                     "seconds": seconds, "t_psnr_per_item": [m["t_psnr"] for m in per_item],
+                     "r_psnr_per_item": [m["r_psnr"] for m in per_item]})
     report = {
         "description": __doc__.split("\n\n")[0],
         "settings": {k: str(v) for k, v in vars(args).items()},
         "synthesis": synthesis,
         "sizes": [list(item.mixture.shape[:2]) for item in items],
         "processing_resolution": pipe.config.default_processing_resolution,
+        "defaults": {"detail_transfer": pipe.config.default_detail_transfer,
+                     "autoencoder_detail": pipe.config.default_autoencoder_detail,
+                     "one_step": pipe.config.default_one_step},
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
         "versions": {"torch": torch.__version__},
         "rows": rows,
@@ -93,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     table = format_markdown_table([(row["name"], row["metrics"]) for row in rows], label="Row")
-    table += "\n" + "\n".join(f"{row['name']}: mean |T + R - I| = {row['t_plus_r_error']:.4f}"
+    table += "\n" + "\n".join(f"{row['name']}: mean |T + R - I| = {row['t_plus_r_error']:.4f}, {row['seconds']:.1f} s"
                               for row in rows if "t_plus_r_error" in row) + "\n"
     args.output.with_suffix(".md").write_text(table)
     print(table)

@@ -441,7 +441,12 @@ def build_objective(stage: str, pipe: ReflectionSeparationPipeline, config: Trai
 
 
 def prepare_photos(config: TrainingConfig) -> Path:
-    """The photo folder to train on; with ``photo_long_side`` set, resized copies cached in the output dir."""
+    """The photo folder to train on; with ``photo_long_side`` set, copies no longer than that cached in the output dir.
+
+    Each copy keeps its photo's relative path, extension included, because the validation split hashes that path
+    (`is_validation_file`): renamed copies would fall into other splits and let validation photos into training.
+    The copies are PNG-encoded whatever their extension (PIL reads them by content), so resizing is the only loss.
+    """
     source = Path(config.photos)
     if not source.is_dir():
         raise FileNotFoundError(f"Photo folder {str(source)!r} does not exist; gather photos with examples/gather_photos.py.")
@@ -449,7 +454,7 @@ def prepare_photos(config: TrainingConfig) -> Path:
         return source
     cache = Path(config.output_dir) / f"photos_{config.photo_long_side}"
     for path in list_images(source):
-        target = cache / path.relative_to(source).with_suffix(".png")
+        target = cache / path.relative_to(source)
         if target.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -458,7 +463,9 @@ def prepare_photos(config: TrainingConfig) -> Path:
             scale = config.photo_long_side / max(image.size)
             if scale < 1:
                 image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
-            image.save(target)
+            partial = target.with_name(target.name + ".partial")
+            image.save(partial, format="PNG")
+            partial.replace(target)
     return cache
 
 

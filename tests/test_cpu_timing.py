@@ -15,7 +15,7 @@ def test_cpu_timing_writes_its_report(tmp_path):
     pipe.save_pretrained(tmp_path / "model")
     output = tmp_path / "timing.json"
     report = cpu_timing.main(["--model", str(tmp_path / "model"), "--size", "40", "--repeats", "2",
-                              "--threads", "1", "--output", str(output)])
+                              "--threads", "1", "--processing-resolutions", "16", "48", "--output", str(output)])
     assert json.loads(output.read_text()) == report
     assert len(report["seconds"]) == 2 and all(s > 0 for s in report["seconds"])
     assert report["median_seconds"] == sum(report["seconds"]) / 2
@@ -27,3 +27,6 @@ def test_cpu_timing_writes_its_report(tmp_path):
     assert report["output_size"] == [40, 40]
     assert report["settings"]["threads"] == 1 and report["settings"]["num_inference_steps"] >= 1
     assert report["settings"]["dtype"] == "float32"  # `auto` on a CPU without native bfloat16 (conftest)
+    by_resolution = report["one_step_by_processing_resolution"]
+    assert sorted(by_resolution) == ["16", "48"]
+    assert all(len(entry["seconds"]) == 2 and entry["median_seconds"] > 0 for entry in by_resolution.values())

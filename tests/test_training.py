@@ -8,12 +8,17 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DModel
+from PIL import Image
 from safetensors.torch import load_file
 
 from reflection_separation import ReflectionSeparationPipeline
 from reflection_separation.attention import uses_cross_layer_attention
 from reflection_separation.components import build_pipeline
-from reflection_separation.data import SyntheticReflectionDataset
+from reflection_separation.data import (
+    SyntheticReflectionDataset,
+    is_validation_file,
+    list_images,
+)
 from reflection_separation.training import (
     STAGES,
     BatchSource,
@@ -23,6 +28,7 @@ from reflection_separation.training import (
     load_pipeline,
     main,
     pixel_loss,
+    prepare_photos,
     ssim,
     train_stage,
 )
@@ -271,3 +277,28 @@ def test_unet_stage_trains_with_a_zero_terminal_snr_schedule(photos, tmp_path):
     assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
     validation = [r["val_psnr_t"] for r in records if "val_psnr_t" in r]
     assert validation and np.isfinite(validation).all()
+
+
+def test_resized_photo_cache_keeps_the_validation_split(tmp_path):
+    """`photo_long_side` copies keep each photo's relative path, so every photo stays in its split (the split hashes
+    the path; the cache once renamed JPEGs to .png and moved photos between splits), and are no longer than asked."""
+    source = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for index in range(40):
+        folder = source / ("a" if index % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (rng.random((60, 90, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index:02d}.jpg", quality=90)
+    config = TrainingConfig(output_dir=str(tmp_path / "run"), photos=str(source), photo_long_side=45)
+    cache = prepare_photos(config)
+
+    def split(root):
+        return {p.relative_to(root).as_posix(): is_validation_file(p.relative_to(root).as_posix(), 0.3)
+                for p in list_images(root)}
+
+    assert split(cache) == split(source)
+    assert 0 < sum(split(source).values()) < 40  # both splits are populated, so the check can fail
+    with Image.open(cache / "a" / "01.jpg") as copy:
+        assert copy.size == (45, 30) and copy.format == "PNG"
+    assert not list(cache.rglob("*.partial"))
+    assert prepare_photos(config) == cache  # a second call reuses the copies
