@@ -202,9 +202,18 @@ def cpu_section(path: Path) -> str:
         f"{settings['threads']} threads of an {report['cpu']}, torch {report['versions']['torch']}, "
         f"{settings.get('dtype', 'float32')}: "
         f"{settings['processing_resolution']} px, {mode_label(settings, settings.get('one_step'))}, {guidance(settings)}. "
-        f"{other_mode_time(report)}"
+        f"{other_mode_time(report)}{resolution_times(report)}"
         f"Made by `benchmarks/cpu_timing.py`.\n"
     )
+
+
+def resolution_times(report: dict[str, Any]) -> str:
+    """The one-step times at other processing resolutions, where the report has them."""
+    times = report.get("one_step_by_processing_resolution") or {}
+    if not times:
+        return ""
+    listed = ", ".join(f"{size} px {entry['median_seconds']:.1f} s" for size, entry in times.items())
+    return f"One step by processing resolution: {listed}. "
 
 
 def mode_label(settings: dict[str, Any], one_step: bool) -> str:

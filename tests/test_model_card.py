@@ -31,3 +31,23 @@ def test_card_has_hub_front_matter_and_the_ablation_table(tmp_path):
     assert "base_model: stabilityai/stable-diffusion-2-1-base\n" in card
     assert "| full (+disjoint, +FGFM) | 2 | 17.25 |" in card and "No trained model" not in card
     assert "2 mixtures at 64 px, seed 7," in card
+
+
+def test_cpu_section_lists_the_times_by_processing_resolution(tmp_path):
+    script = load_script("benchmarks/make_model_card.py")
+    report = {
+        "description": "One 512x512 photo, the model's default settings, after one warm-up call.",
+        "settings": {"threads": 2, "dtype": "bfloat16", "one_step": True, "processing_resolution": 256,
+                     "num_inference_steps": 4, "composition_guidance": "fast"},
+        "seconds": [0.9, 1.1], "median_seconds": 1.0, "multi_step_median_seconds": 1.6, "cpu": "AMD EPYC",
+        "versions": {"torch": "2.13.0"},
+        "one_step_by_processing_resolution": {"256": {"median_seconds": 1.04}, "512": {"median_seconds": 7.81}},
+    }
+    path = tmp_path / "cpu_timing_x.json"
+    path.write_text(json.dumps(report))
+    section = script.cpu_section(path)
+    assert "1.0 s (median of 2) on 2 threads of an AMD EPYC" in section and "4 steps: 1.6 s. " in section
+    assert "One step by processing resolution: 256 px 1.0 s, 512 px 7.8 s. " in section
+    del report["one_step_by_processing_resolution"]
+    path.write_text(json.dumps(report))
+    assert "by processing resolution" not in script.cpu_section(path)
