@@ -12,7 +12,7 @@ comparisons of rows).
     python benchmarks/full_resolution.py --photos data/photos --synthesis-config examples/configs/small_model.json \
         --output benchmarks/results/full_resolution_small_model.json
     python benchmarks/full_resolution.py --photos data/photos --synthesis-config examples/configs/small_model.json \
-        --num-images 24 --processing-resolutions 192 256 320 384 512 --no-mode-rows \
+        --num-images 40 --processing-resolutions 256 320 384 448 512 --no-mode-rows --device cpu \
         --output benchmarks/results/processing_resolution_small_model.json
 """
 
