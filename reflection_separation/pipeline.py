@@ -678,12 +678,17 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             encoded = list(dict.fromkeys(chunk_units))  # a unit's mixture is encoded once for all its members
             pixels = torch.cat([units[position][1] for position in encoded]).to(device=device, dtype=self.vae.dtype)
             batch = len(chunk)
+            # Where every image of the batch gets `T = I - up(R)` (residual detail transfer after a resize), the
+            # model's own T is never used: only R is decoded, and the autoencoder detail (T's) is skipped.
+            decode_transmission = output_type == "latent" or not all(
+                self._transmission_replaced(prepared[image], detail_transfer, match_input_resolution) for image in images
+            )
 
             # 4. Encode the mixture (posterior mode) and keep its features for FGFM; with `autoencoder_detail`, what
             #    its round trip through the autoencoder loses (once per mixture); one row per member.
             mixture_latents, mixture_features = self.encode_mixture(pixels)
             lost_detail = None
-            if autoencoder_detail and output_type != "latent":
+            if autoencoder_detail and output_type != "latent" and decode_transmission:
                 lost_detail = pixels - self.decode_latents(mixture_latents, mixture_features, fgfm_strength)
             if len(encoded) < batch:
                 rows = torch.tensor([encoded.index(position) for position in chunk_units], device=device)
@@ -704,8 +709,11 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
 
             # 7. Decode with FGFM (unless the latents are the output); rows [T; R] of each member; T gets the
             #    detail the autoencoder lost where asked.
-            if output_type != "latent":
+            if output_type != "latent" and decode_transmission:
                 latents = self.decode_latents(latents, mixture_features, fgfm_strength)
+            elif output_type != "latent":
+                reflection = self.decode_latents(latents[batch:], mixture_features, fgfm_strength)
+                latents = torch.cat([torch.zeros_like(reflection), reflection])  # T rows: replaced in `_finish`
             if lost_detail is not None:
                 latents = self.add_autoencoder_detail(latents, lost_detail)
             for row, member in enumerate(chunk):
@@ -892,6 +900,16 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
                                  detail_transfer)
             images.append(layer)
         return images
+
+    @staticmethod
+    def _transmission_replaced(
+        prepared: tuple[torch.Tensor, tuple[int, int], tuple[int, int]], detail_transfer: str, match_input_resolution: bool
+    ) -> bool:
+        """Whether `_finish` replaces this image's T by the photo minus R (`"residual"` detail transfer of layers
+        resized back to the photo), so that the model's own T does not matter."""
+        pixels, padding, original_size = prepared
+        processed_size = (pixels.shape[-2] - padding[0], pixels.shape[-1] - padding[1])
+        return detail_transfer == "residual" and match_input_resolution and processed_size != tuple(original_size)
 
     def guided_model_output(
         self,

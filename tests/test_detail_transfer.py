@@ -67,3 +67,32 @@ def test_pipeline_detail_transfer_modes(tiny_pipe, rng):
     np.testing.assert_allclose(highpass.transmission[0], expected[0].permute(1, 2, 0).numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="detail_transfer"):
         tiny_pipe(photo, detail_transfer="sharp", **settings)
+
+
+def test_residual_transfer_decodes_only_the_reflection(tiny_pipe, rng, monkeypatch):
+    """With "residual" transfer after a resize, T is the photo minus R, so the pipeline decodes R alone (and skips the
+    autoencoder detail, which only T gets): the layers equal those of the full decode, from a third of its rows."""
+    rows = []
+    decode = tiny_pipe.vae.decode
+
+    def counting(latents, *args, **kwargs):
+        rows.append(latents.shape[0])
+        return decode(latents, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipe.vae, "decode", counting)
+    photo = rng.random((96, 80, 3), dtype=np.float32)
+    settings = {**FAST, "processing_resolution": 32, "autoencoder_detail": True}
+    full = tiny_pipe(photo, generator=generator(0), detail_transfer="none", **settings)
+    assert rows == [1, 2]  # the photo's round trip, then [T; R]
+    rows.clear()
+    residual = tiny_pipe(photo, generator=generator(0), detail_transfer="residual", **settings)
+    assert rows == [1]
+    np.testing.assert_allclose(residual.reflection[0], full.reflection[0], atol=1e-6)
+    np.testing.assert_allclose(residual.transmission[0], np.clip(photo - full.reflection[0], 0, 1), atol=1e-6)
+    rows.clear()
+    pil = {**settings, "output_type": "pil"}
+    tiny_pipe([photo, photo[:32, :32]], generator=generator(0), detail_transfer="residual", batch_size=2, **pil)
+    assert rows == [1, 1, 2]  # two batches: R alone; the 32 px photo, not resized, keeps its own T (and its detail)
+    rows.clear()
+    tiny_pipe([photo[:64, :64], photo[:32, :32]], generator=generator(0), detail_transfer="residual", batch_size=2, **pil)
+    assert rows == [2, 4]  # one batch of 32 px inputs, one of them resized: both layers of both decoded
