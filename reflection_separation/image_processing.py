@@ -108,6 +108,12 @@ def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resized.clamp(0.0, 1.0)
 
 
+def transmission_replaced(mode: str, processed_size: tuple[int, int], photo_size: tuple[int, int]) -> bool:
+    """Whether :func:`transfer_detail` with `mode` replaces T by the photo minus R (`"residual"` on layers separated at
+    another size than the photo's), so that the model's own T does not matter."""
+    return mode == "residual" and tuple(processed_size) != tuple(photo_size)
+
+
 def transfer_detail(layers: torch.Tensor, photo: torch.Tensor, processed_size: tuple[int, int], mode: str) -> torch.Tensor:
     """Full-resolution layers that keep the photo's detail, from layers separated at `processed_size`.
 
@@ -149,7 +155,7 @@ def transfer_detail_uncertainty(
     `"highpass"` adds the same photo detail to every member's T, which leaves its spread as it is; `"residual"` makes
     T the photo minus R, so T varies exactly as R does.
     """
-    if mode != "residual" or tuple(processed_size) == tuple(photo.shape[-2:]):
+    if not transmission_replaced(mode, processed_size, photo.shape[-2:]):
         return spread
     return torch.stack([spread[1], spread[1]])
 

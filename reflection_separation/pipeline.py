@@ -46,6 +46,7 @@ from .image_processing import (
     ReflectionImageProcessor,
     transfer_detail,
     transfer_detail_uncertainty,
+    transmission_replaced,
 )
 from .scheduling import DisjointSampling, to_sample, tweedie_x0
 from .tiling import blend_tiles, tile_boxes
@@ -680,8 +681,9 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             batch = len(chunk)
             # Where every image of the batch gets `T = I - up(R)` (residual detail transfer after a resize), the
             # model's own T is never used: only R is decoded, and the autoencoder detail (T's) is skipped.
-            decode_transmission = output_type == "latent" or not all(
-                self._transmission_replaced(prepared[image], detail_transfer, match_input_resolution) for image in images
+            decode_transmission = not match_input_resolution or not all(
+                transmission_replaced(detail_transfer, self._processed_size(*prepared[image][:2]), prepared[image][2])
+                for image in images
             )
 
             # 4. Encode the mixture (posterior mode) and keep its features for FGFM; with `autoencoder_detail`, what
@@ -896,20 +898,14 @@ class ReflectionSeparationPipeline(DiffusionPipeline):
             layer = unpad(layers[0], padding, size)
             if match_input_resolution:
                 transfer = transfer_detail_uncertainty if spread else transfer_detail
-                layer = transfer(layer, photos[index], (pixels.shape[-2] - padding[0], pixels.shape[-1] - padding[1]),
-                                 detail_transfer)
+                layer = transfer(layer, photos[index], self._processed_size(pixels, padding), detail_transfer)
             images.append(layer)
         return images
 
     @staticmethod
-    def _transmission_replaced(
-        prepared: tuple[torch.Tensor, tuple[int, int], tuple[int, int]], detail_transfer: str, match_input_resolution: bool
-    ) -> bool:
-        """Whether `_finish` replaces this image's T by the photo minus R (`"residual"` detail transfer of layers
-        resized back to the photo), so that the model's own T does not matter."""
-        pixels, padding, original_size = prepared
-        processed_size = (pixels.shape[-2] - padding[0], pixels.shape[-1] - padding[1])
-        return detail_transfer == "residual" and match_input_resolution and processed_size != tuple(original_size)
+    def _processed_size(pixels: torch.Tensor, padding: tuple[int, int]) -> tuple[int, int]:
+        """``(h, w)`` a prepared image was separated at: its padded size minus the padding."""
+        return pixels.shape[-2] - padding[0], pixels.shape[-1] - padding[1]
 
     def guided_model_output(
         self,
