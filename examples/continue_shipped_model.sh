@@ -15,6 +15,9 @@
 #   fgfm, composition
 #            STEPS more steps of that stage (they train FGFM's fusions and C on the shipped VAE)
 #
+# SEED (default: the config's) sets the run's seed, which draws its mixtures: a second seed of a stage measures the
+# run-to-run spread.
+#
 # A run folder left by an earlier command on a still-warm machine is continued (same command, same RUN); a command
 # stopped by MINUTES (status 75) has checkpointed. The results (logs, the config, the fp16 pipeline) are packed into
 # OUT_DIR as pieces of < 16 MiB: `cat OUT_DIR/results.tgz.* | tar xz` unpacks them into the working tree.
@@ -36,11 +39,13 @@ case $STAGE in
     *) echo "STAGE must be unet, onestep, control, fgfm or composition, got '$STAGE'" >&2; exit 2 ;;
 esac
 
-python3 - "$BASE" "$RUN" "$STAGE" "$STEPS" <<'EOF'
+python3 - "$BASE" "$RUN" "$STAGE" "$STEPS" "${SEED:-}" <<'EOF'
 import json, sys
-base, run, stage, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+base, run, stage, steps, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 config = json.load(open(base))
 config["output_dir"] = run
+if seed:
+    config["seed"] = int(seed)
 settings = config["stages"][stage]
 settings["steps"] = steps
 settings["lr_warmup_steps"] = min(settings["lr_warmup_steps"], steps // 10)
