@@ -85,8 +85,9 @@ LIMITATIONS = """## Limitations
 Synthetic mixtures made on the training GPU from the training pack (`examples/gather_photos.py --pack`): 265 real
 photographs from scikit-image, Debian packages (GCompris, kphotoalbum, Tux Paint, Tux Typing, OpenCV, LXQt,
 LibreOffice, Scribus and others) and one PyPI wheel, each with its package, path and licence in the pack's
-`manifest.json`; 42 of them, split by file-name hash, are held out for validation and never trained on. The VAE,
-C and FGFM were trained earlier on 79 images (scikit-image and desktop wallpapers) with the additive recipe.
+`manifest.json`; 42 of them, split by file-name hash, are held out for validation and never trained on. The VAE
+was trained earlier on 79 images (scikit-image and desktop wallpapers) with the additive recipe; C and FGFM, first
+trained there too, were retrained on the training pack on 2026-12-04.
 
 ## Citation
 
@@ -123,15 +124,16 @@ SHIPPED = """## The shipped small model
 scratch on synthetic mixtures because no pretrained diffusion weights can be downloaded where it is built:
 {parameters}. Stored as fp16 safetensors ({megabytes:.1f} MB); diffusers loads the UNet, VAE and C in
 float32 (the text encoder too). Defaults: {resolution} px processing resolution, {mode}, {schedule}.
-Trained on H200 GPUs: the VAE (1500 steps) with `examples/train_shipped_model_4gpu.sh`, C and FGFM (300 steps
+Trained on H200 GPUs: the VAE (1500 steps) with `examples/train_shipped_model_4gpu.sh`, C and FGFM first (300 steps
 each) with `examples/train_shipped_model_1gpu.sh`; the UNet retrained from scratch on 2026-12-03 with
 `examples/train_shipped_model.sh` (281,600 synthetic mixtures of 223 real photographs and eight mixing recipes,
 1100 steps of batch 256; `examples/configs/small_model.json`, logs in
 `examples/logs/2026-12-03_shipped_model_retrain/`), trained further with `examples/continue_shipped_model.sh`
 (332,800 more, 614,400 in all; `examples/logs/2026-12-03_shipped_model_continued/`; 358,400 more on 2026-12-04,
 972,800 in all, `examples/logs/2026-12-04_unet_1M_and_onestep/`; 537,600 more the same day, 1,510,400 in all), then
-fine-tuned for one-step separation by the `onestep` stage (1200 steps of batch 64 through the FGFM decoder;
-`examples/logs/2026-12-04_unet_1M5_and_onestep/`).
+fine-tuned for one-step separation by the `onestep` stage (1200 steps of batch 64 through the FGFM decoder) after
+FGFM (2000 steps of batch 64) and C (600 steps of batch 256) were retrained on the training pack's photos and eight
+recipes (`examples/logs/2026-12-04_fgfm_composition_retrain/`).
 
 {quality}
 """

@@ -26,6 +26,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from reflection_separation.image_processing import DETAIL_TRANSFER_MODES
 from reflection_separation.processes import Processes
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -453,6 +454,7 @@ def run_separate(args: argparse.Namespace) -> int:
             "cuda_graphs": False if args.no_cuda_graphs else None,
             "one_step": args.one_step,
             "autoencoder_detail": args.autoencoder_detail,
+            "detail_transfer": args.detail_transfer,
         }
         call_kwargs = {key: value for key, value in call_kwargs.items() if value is not None}
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -572,7 +574,13 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "--autoencoder-detail",
         action=argparse.BooleanOptionalAction,
         help="give the transmission the photo's detail that the autoencoder's round trip loses (default: the "
-        "model's; on for the bundled model)",
+        "model's)",
+    )
+    parser.add_argument(
+        "--detail-transfer",
+        choices=DETAIL_TRANSFER_MODES,
+        help="how a photo resized for processing gets its full-resolution detail back: 'residual' T = photo - R, "
+        "'highpass' the photo's high frequencies added to T, 'none' plain upsampling (default: the model's)",
     )
     parser.add_argument(
         "--resolution",

@@ -78,3 +78,26 @@ def test_cli_flag_overrides_the_model_default(tmp_path):
     without = transmission("without", "--no-autoencoder-detail")
     np.testing.assert_array_equal(without, np.asarray(pipe(photo, autoencoder_detail=False).transmission[0]))
     assert np.abs(without.astype(int) - transmission("with", "--autoencoder-detail")).max() > 0
+
+
+def test_cli_detail_transfer_flag_reaches_the_pipeline(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from reflection_separation import cli
+
+    pipe = tiny("v_prediction")
+    pipe.register_to_config(default_processing_resolution=32, default_one_step=True, default_detail_transfer="residual")
+    pipe.save_pretrained(tmp_path / "model")
+    photo = Image.fromarray((np.random.default_rng(1).random((48, 64, 3)) * 255).astype(np.uint8))
+    photo.save(tmp_path / "a.png")
+
+    def transmission(out: str, *options: str) -> np.ndarray:
+        assert cli.main(["separate", str(tmp_path / "a.png"), "-o", str(tmp_path / out), "--model",
+                         str(tmp_path / "model"), "--quiet", *options]) == 0
+        return np.asarray(Image.open(tmp_path / out / "a_transmission.png"))
+
+    highpass = transmission("highpass", "--detail-transfer", "highpass")
+    np.testing.assert_array_equal(highpass, np.asarray(pipe(photo, detail_transfer="highpass").transmission[0]))
+    assert np.abs(highpass.astype(int) - transmission("default")).max() > 0
+    assert cli.main(["separate", str(tmp_path / "a.png"), "-o", str(tmp_path / "bad"), "--detail-transfer", "sharp"]) == 2
