@@ -57,47 +57,47 @@ def test_config_default_is_saved_loaded_and_checked(tmp_path):
         pipe(image, autoencoder_detail="yes", **call)
 
 
-def test_cli_flag_overrides_the_model_default(tmp_path):
+def _cli_transmission(tmp_path, out: str, *options: str):
+    """The transmission the CLI writes for `tmp_path/a.png` with the model in `tmp_path/model`."""
     import numpy as np
     from PIL import Image
 
     from reflection_separation import cli
 
+    assert cli.main(["separate", str(tmp_path / "a.png"), "-o", str(tmp_path / out), "--model",
+                     str(tmp_path / "model"), "--quiet", *options]) == 0
+    return np.asarray(Image.open(tmp_path / out / "a_transmission.png"))
+
+
+def _saved_tiny_model_and_photo(tmp_path, size: tuple[int, int], **config):
+    import numpy as np
+    from PIL import Image
+
     pipe = tiny("v_prediction")
-    pipe.register_to_config(default_processing_resolution=32, default_one_step=True, default_autoencoder_detail=True)
+    pipe.register_to_config(default_processing_resolution=32, default_one_step=True, **config)
     pipe.save_pretrained(tmp_path / "model")
-    photo = Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
+    photo = Image.fromarray((np.random.default_rng(0).random((*size, 3)) * 255).astype(np.uint8))
     photo.save(tmp_path / "a.png")
+    return pipe, photo
 
-    def transmission(out: str, *options: str) -> np.ndarray:
-        assert cli.main(["separate", str(tmp_path / "a.png"), "-o", str(tmp_path / out), "--model",
-                         str(tmp_path / "model"), "--quiet", *options]) == 0
-        return np.asarray(Image.open(tmp_path / out / "a_transmission.png"))
 
-    np.testing.assert_array_equal(transmission("default"), np.asarray(pipe(photo).transmission[0]))
-    without = transmission("without", "--no-autoencoder-detail")
+def test_cli_flag_overrides_the_model_default(tmp_path):
+    import numpy as np
+
+    pipe, photo = _saved_tiny_model_and_photo(tmp_path, (32, 32), default_autoencoder_detail=True)
+    np.testing.assert_array_equal(_cli_transmission(tmp_path, "default"), np.asarray(pipe(photo).transmission[0]))
+    without = _cli_transmission(tmp_path, "without", "--no-autoencoder-detail")
     np.testing.assert_array_equal(without, np.asarray(pipe(photo, autoencoder_detail=False).transmission[0]))
-    assert np.abs(without.astype(int) - transmission("with", "--autoencoder-detail")).max() > 0
+    assert np.abs(without.astype(int) - _cli_transmission(tmp_path, "with", "--autoencoder-detail")).max() > 0
 
 
 def test_cli_detail_transfer_flag_reaches_the_pipeline(tmp_path):
     import numpy as np
-    from PIL import Image
 
     from reflection_separation import cli
 
-    pipe = tiny("v_prediction")
-    pipe.register_to_config(default_processing_resolution=32, default_one_step=True, default_detail_transfer="residual")
-    pipe.save_pretrained(tmp_path / "model")
-    photo = Image.fromarray((np.random.default_rng(1).random((48, 64, 3)) * 255).astype(np.uint8))
-    photo.save(tmp_path / "a.png")
-
-    def transmission(out: str, *options: str) -> np.ndarray:
-        assert cli.main(["separate", str(tmp_path / "a.png"), "-o", str(tmp_path / out), "--model",
-                         str(tmp_path / "model"), "--quiet", *options]) == 0
-        return np.asarray(Image.open(tmp_path / out / "a_transmission.png"))
-
-    highpass = transmission("highpass", "--detail-transfer", "highpass")
+    pipe, photo = _saved_tiny_model_and_photo(tmp_path, (48, 64), default_detail_transfer="residual")
+    highpass = _cli_transmission(tmp_path, "highpass", "--detail-transfer", "highpass")
     np.testing.assert_array_equal(highpass, np.asarray(pipe(photo, detail_transfer="highpass").transmission[0]))
-    assert np.abs(highpass.astype(int) - transmission("default")).max() > 0
+    assert np.abs(highpass.astype(int) - _cli_transmission(tmp_path, "default")).max() > 0
     assert cli.main(["separate", str(tmp_path / "a.png"), "-o", str(tmp_path / "bad"), "--detail-transfer", "sharp"]) == 2
