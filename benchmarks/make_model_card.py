@@ -22,6 +22,8 @@ import reflection_separation
 from reflection_separation.evaluation import format_markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
+# The training budget of the control whose row the ablation JSON holds (from its log folder).
+CONTROL_BUDGET = "345,600 mixtures, 22.9 minutes of one H200; `examples/logs/2026-12-04_control_longer/`"
 
 FRONT_MATTER = """---
 license: apache-2.0
@@ -160,7 +162,7 @@ def quality_sentence(path: Path, one_step: bool, autoencoder_detail: bool = Fals
     if "control regressor" in rows:
         control = rows["control regressor"]
         sentence += (f", and the control, a pixel-space U-Net regressor trained on the same photos and recipes "
-                     f"(217,600 mixtures, 14.5 minutes of one H200), "
+                     f"({CONTROL_BUDGET}), "
                      f"reaches {control['t_psnr']:.2f} dB / {control['t_ssim']:.3f} (reflection "
                      f"{control['r_psnr']:.2f} dB)")
     lost = "Its layers lose fine structure at 256 px and reflections" if measured["t_ssim"] < mixture["t_ssim"] \
