@@ -16,7 +16,8 @@
 #            STEPS more steps of that stage (they train FGFM's fusions and C on the shipped VAE)
 #
 # SEED (default: the config's) sets the run's seed, which draws its mixtures: a second seed of a stage measures the
-# run-to-run spread.
+# run-to-run spread. UNET_TRANSFORMER_LAYERS deepens the starting UNet to that many transformer layers per
+# attention block (`unet_transformer_layers`; the new layers start as the identity) before the stage trains it.
 #
 # A run folder left by an earlier command on a still-warm machine is continued (same command, same RUN); a command
 # stopped by MINUTES (status 75) has checkpointed. The results (logs, the config, the fp16 pipeline) are packed into
@@ -39,13 +40,15 @@ case $STAGE in
     *) echo "STAGE must be unet, onestep, control, fgfm or composition, got '$STAGE'" >&2; exit 2 ;;
 esac
 
-python3 - "$BASE" "$RUN" "$STAGE" "$STEPS" "${SEED:-}" <<'EOF'
+python3 - "$BASE" "$RUN" "$STAGE" "$STEPS" "${SEED:-}" "${UNET_TRANSFORMER_LAYERS:-}" <<'EOF'
 import json, sys
-base, run, stage, steps, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+base, run, stage, steps, seed, layers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:]
 config = json.load(open(base))
 config["output_dir"] = run
 if seed:
     config["seed"] = int(seed)
+if layers:
+    config["unet_transformer_layers"] = int(layers)
 settings = config["stages"][stage]
 settings["steps"] = steps
 settings["lr_warmup_steps"] = min(settings["lr_warmup_steps"], steps // 10)

@@ -16,8 +16,11 @@ from typing import Any
 
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from .attention import set_cross_layer_attention, uses_cross_layer_attention
 from .composition import LatentCompositionNet
 from .pipeline import ReflectionSeparationPipeline
 from .vae import FGFMAutoencoderKL
@@ -155,6 +158,44 @@ def unet_head_counts(config: ModelSizeConfig) -> tuple[int, ...]:
         else:
             counts.append(channels // config.unet_attention_head_dim)
     return tuple(counts)
+
+
+def deepen_unet(unet: UNet2DConditionModel, transformer_layers: int) -> UNet2DConditionModel:
+    """A copy of ``unet`` with ``transformer_layers`` transformer layers in each of its attention blocks, computing
+    the same function as ``unet``.
+
+    The existing layers keep their weights; each new layer starts as the identity, because its self-attention,
+    cross-attention and feed-forward output projections are zero and each adds its output to a residual stream. A
+    trained UNet grown this way keeps what it learned while training gets the added capacity, which a model too
+    large to train from scratch within one GPU budget could not otherwise get. CLSA is kept as ``unet`` has it.
+    """
+    current = unet.config.transformer_layers_per_block
+    if not isinstance(current, int) or unet.config.reverse_transformer_layers_per_block is not None:
+        raise ValueError("`deepen_unet` needs a UNet with one `transformer_layers_per_block` for all its blocks, got "
+                         f"{current!r}.")
+    if transformer_layers < current:
+        raise ValueError(f"`transformer_layers` ({transformer_layers}) must be at least the UNet's {current}.")
+    parameter = next(unet.parameters())
+    grown = UNet2DConditionModel.from_config(unet.config, transformer_layers_per_block=transformer_layers)
+    grown.to(device=parameter.device)
+    if parameter.dtype != grown.dtype:
+        grown.to(dtype=parameter.dtype)
+    missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
+    new_layers = {
+        f"{name}.transformer_blocks.{index}": module.transformer_blocks[index]
+        for name, module in grown.named_modules() if isinstance(module, Transformer2DModel)
+        for index in range(current, transformer_layers)
+    }
+    new_weights = {f"{prefix}.{name}" for prefix, block in new_layers.items() for name in block.state_dict()}
+    if unexpected or set(missing) != new_weights:
+        raise ValueError(f"`deepen_unet` could not map the UNet's weights: {sorted(set(unexpected) ^ set(missing) ^ new_weights)}")
+    for block in new_layers.values():
+        outputs = [block.attn1.to_out[0], block.ff.net[2]] + ([block.attn2.to_out[0]] if block.attn2 is not None else [])
+        for layer in outputs:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    set_cross_layer_attention(grown, uses_cross_layer_attention(unet))
+    return grown
 
 
 def build_pipeline(config: ModelSizeConfig | None = None, seed: int = 0) -> ReflectionSeparationPipeline:

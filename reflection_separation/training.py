@@ -61,7 +61,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .attention import set_cross_layer_attention
-from .components import ModelSizeConfig, build_pipeline
+from .components import ModelSizeConfig, build_pipeline, deepen_unet
 from .composition import composition_loss
 from .data import BatchedSynthesis, ReflectionSynthesizer, SyntheticReflectionDataset, list_images
 from .pipeline import ReflectionSeparationPipeline
@@ -112,6 +112,8 @@ class TrainingConfig:
     ``{"stable_diffusion": "<hub id or folder>"}`` or ``{"pipeline": "<our pipeline folder>"}``.
     ``cross_layer_attention`` overrides the pipeline's setting (False trains the paper's baseline UNet) and
     ``reset_unet`` re-initializes the UNet of the starting model (e.g. to retrain it beside a trained VAE).
+    ``unet_transformer_layers`` deepens the starting model's UNet to that many transformer layers per attention block
+    (``deepen_unet``: the new layers start as the identity, so a trained UNet grows without losing what it learned).
     ``control_channels`` sizes the control regressor's U-Net. ``synthesis`` configures the mixing recipes
     (``ReflectionSynthesizer.from_dict``; empty: the additive recipe alone). ``batched_synthesis`` makes each batch
     on the training device from photos decoded once (``BatchedSynthesis``) instead of in DataLoader workers
@@ -135,6 +137,7 @@ class TrainingConfig:
     onestep_composition_weight: float = 0.0
     cross_layer_attention: bool | None = None
     reset_unet: bool = False
+    unet_transformer_layers: int | None = None
     control_channels: tuple[int, ...] = (32, 64, 128, 256)
     push_to_hub: str | None = None
     synthesis: dict[str, Any] = field(default_factory=dict)
@@ -487,6 +490,8 @@ def load_pipeline(config: TrainingConfig) -> ReflectionSeparationPipeline:
             torch.manual_seed(config.seed)
             pipe.unet = UNet2DConditionModel.from_config(pipe.unet.config)
             set_cross_layer_attention(pipe.unet, pipe.config.cross_layer_attention)
+        if config.unet_transformer_layers not in (None, pipe.unet.config.transformer_layers_per_block):
+            pipe.unet = deepen_unet(pipe.unet, config.unet_transformer_layers)
     if config.cross_layer_attention is not None:
         pipe.register_to_config(cross_layer_attention=config.cross_layer_attention)
         set_cross_layer_attention(pipe.unet, config.cross_layer_attention)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from reflection_separation import ReflectionSeparationPipeline
 from reflection_separation.attention import uses_cross_layer_attention
-from reflection_separation.components import build_pipeline
+from reflection_separation.components import build_pipeline, deepen_unet
 from reflection_separation.data import (
     SyntheticReflectionDataset,
     is_validation_file,
@@ -194,6 +194,43 @@ def test_baseline_overrides_turn_off_clsa_and_reset_the_unet(photos, tmp_path):
     assert not uses_cross_layer_attention(pipe.unet) and pipe.config.cross_layer_attention is False
     assert not torch.equal(pipe.unet.conv_out.weight, trained.unet.conv_out.weight)
     assert torch.equal(pipe.vae.decoder.conv_out.weight, trained.vae.decoder.conv_out.weight)
+
+
+def test_deepened_unet_computes_the_same_function_and_then_trains_its_new_layers():
+    pipe = build_pipeline()
+    unet = pipe.unet
+    for parameter in unet.parameters():  # a "trained" UNet: no zero output projections anywhere
+        torch.nn.init.normal_(parameter, std=0.05, generator=generator(len(parameter.shape)))
+    grown = deepen_unet(unet, 3)
+    assert grown.config.transformer_layers_per_block == 3 and uses_cross_layer_attention(grown)
+    assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in unet.parameters())
+    blocks = [m.transformer_blocks for m in grown.modules() if hasattr(m, "transformer_blocks")]
+    assert blocks and all(len(b) == 3 for b in blocks)
+    sample = torch.randn(2, 2 * unet.config.out_channels, 16, 16, generator=generator(0))
+    prompts = torch.randn(2, 4, unet.config.cross_attention_dim, generator=generator(1))
+    timestep = torch.tensor([999, 500])
+    with torch.no_grad():
+        expected, deepened = unet(sample, timestep, prompts).sample, grown(sample, timestep, prompts).sample
+    assert expected.abs().mean() > 0.01
+    torch.testing.assert_close(deepened, expected, rtol=0, atol=1e-6)
+    grown(sample, timestep, prompts).sample.square().mean().backward()  # the new layers get gradients
+    new_out = blocks[0][2].attn1.to_out[0].weight
+    assert new_out.grad is not None and new_out.grad.abs().max() > 0
+    with pytest.raises(ValueError, match="at least"):
+        deepen_unet(grown, 2)
+
+
+def test_training_config_deepens_the_starting_unet(photos, tmp_path):
+    trained = build_pipeline()
+    trained.save_pretrained(tmp_path / "trained")
+    config = TrainingConfig.from_dict({
+        "output_dir": str(tmp_path / "deeper"), "photos": str(photos),
+        "model": {"pipeline": str(tmp_path / "trained")}, "unet_transformer_layers": 2,
+    })
+    pipe = load_pipeline(config)
+    assert pipe.unet.config.transformer_layers_per_block == 2 and uses_cross_layer_attention(pipe.unet)
+    pipe.save_pretrained(config.pipeline_dir)  # a resumed run loads its own, already deepened UNet
+    assert load_pipeline(config).unet.config.transformer_layers_per_block == 2
 
 
 def _ddp_config(photos, folder: Path, steps: int, batched: bool = False) -> Path:
