@@ -11,7 +11,9 @@
 #            recipes of examples/configs/small_model.json)
 #   onestep  the `onestep` stage (STEPS steps): the UNet fine-tuned for one-step separation
 #   control  the ablation's control regressor trained from scratch (STEPS steps of the config's control stage) on
-#            the same photos, recipes and seed
+#            the same photos, recipes and seed; with CONTROL_FROM (a saved regressor, e.g. an earlier run's
+#            control_fp16) trained on from there with a new optimizer and schedule. It uses no weights of the
+#            pipeline: unless PIPELINE_FROM is set, the package folder is not read, so it need not travel
 #   fgfm, composition
 #            STEPS more steps of that stage (they train FGFM's fusions and C on the shipped VAE)
 #
@@ -56,8 +58,12 @@ settings["checkpointing_steps"] = min(settings["checkpointing_steps"], max(steps
 json.dump(config, open(f"{run}/results/config.json", "w"), indent=2)
 EOF
 
+STARTS=(--pipeline-from "$FROM")
+if [ "$STAGE" = control ]; then
+    STARTS=(${PIPELINE_FROM:+--pipeline-from "$PIPELINE_FROM"} ${CONTROL_FROM:+--control-from "$CONTROL_FROM"})
+fi
 python3 -m reflection_separation.training --config "$RESULTS/config.json" --stage "$STAGE" \
-    --pipeline-from "$FROM" --time-limit-minutes "$MINUTES" \
+    "${STARTS[@]}" --time-limit-minutes "$MINUTES" \
     --export-fp16 "$EXPORT" >> "$RESULTS/$STAGE.log" 2>&1
 STATUS=$?
 cp "$RUN/$STAGE/log.jsonl" "$RESULTS/${STAGE}_log.jsonl" 2>/dev/null

@@ -114,7 +114,9 @@ class TrainingConfig:
     ``reset_unet`` re-initializes the UNet of the starting model (e.g. to retrain it beside a trained VAE).
     ``unet_transformer_layers`` deepens the starting model's UNet to that many transformer layers per attention block
     (``deepen_unet``: the new layers start as the identity, so a trained UNet grows without losing what it learned).
-    ``control_channels`` sizes the control regressor's U-Net. ``synthesis`` configures the mixing recipes
+    ``control_channels`` sizes the control regressor's U-Net; ``control_from`` starts it from a saved regressor
+    (e.g. an earlier run's fp16 export, trained on in float32 with a new optimizer) instead of from scratch, so that
+    the control's training can go on in a later session as the shipped model's does. ``synthesis`` configures the mixing recipes
     (``ReflectionSynthesizer.from_dict``; empty: the additive recipe alone). ``batched_synthesis`` makes each batch
     on the training device from photos decoded once (``BatchedSynthesis``) instead of in DataLoader workers
     (``None``: on CUDA); both give the same samples. ``onestep_composition_weight`` weighs ``L_comp`` of the
@@ -139,6 +141,7 @@ class TrainingConfig:
     reset_unet: bool = False
     unet_transformer_layers: int | None = None
     control_channels: tuple[int, ...] = (32, 64, 128, 256)
+    control_from: str | None = None
     push_to_hub: str | None = None
     synthesis: dict[str, Any] = field(default_factory=dict)
     batched_synthesis: bool | None = None
@@ -433,8 +436,12 @@ def build_objective(stage: str, pipe: ReflectionSeparationPipeline, config: Trai
     if stage == "onestep":
         return OneStepObjective(pipe, config.onestep_composition_weight)
     if stage == "control":
-        if (config.control_dir / "config.json").exists():
-            return ControlObjective(pipe, UNet2DModel.from_pretrained(config.control_dir))
+        for source in (config.control_dir, config.control_from):  # this run's own regressor first
+            if source is not None and (Path(source) / "config.json").exists():
+                return ControlObjective(pipe, UNet2DModel.from_pretrained(source, torch_dtype=torch.float32))
+        if config.control_from is not None:
+            raise FileNotFoundError(f"`control_from` {config.control_from!r} holds no saved control regressor "
+                                    "(config.json); pass the folder an earlier `control` stage or its export wrote.")
         torch.manual_seed(config.seed)
         return ControlObjective(pipe, build_control_regressor(config.control_channels))
     raise ValueError(f"Unknown stage {stage!r}; choose one of {STAGES}.")
@@ -1001,6 +1008,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline-from", metavar="PIPELINE", help="start the run from this saved pipeline (e.g. the "
                         "shipped fp16 model, trained in float32) instead of the config's `model`: for later stages "
                         "such as `onestep`; only used while the run holds no pipeline yet")
+    parser.add_argument("--control-from", metavar="DIR", help="start the `control` stage from this saved regressor "
+                        "(e.g. an earlier run's fp16 export) instead of from scratch; only used while the run holds "
+                        "no regressor yet")
     parser.add_argument("--output-dir", metavar="DIR", help="the run's folder, instead of the config's `output_dir`")
     args = parser.parse_args(argv)
     config = TrainingConfig.from_file(args.config)
@@ -1008,6 +1018,8 @@ def main(argv: list[str] | None = None) -> int:
         config.output_dir = args.output_dir
     if args.pipeline_from is not None:
         config.model = {"pipeline": args.pipeline_from}
+    if args.control_from is not None:
+        config.control_from = args.control_from
     if args.find_batch_size is not None:
         if not torch.cuda.is_available():
             parser.error("--find-batch-size measures GPU memory and needs CUDA")

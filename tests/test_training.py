@@ -2,6 +2,7 @@
 
 import json
 import os
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from reflection_separation.training import (
     STAGES,
     BatchSource,
     TrainingConfig,
+    build_control_regressor,
     build_objective,
     export_fp16,
     load_pipeline,
@@ -126,6 +128,34 @@ def test_all_stages_from_the_command_line_give_a_loadable_pipeline(photos, tmp_p
     stored = load_file(control / "diffusion_pytorch_model.safetensors")
     assert {tensor.dtype for tensor in stored.values()} == {torch.float16}
     UNet2DModel.from_pretrained(control)
+
+
+def test_control_stage_continues_from_a_saved_regressor(photos, tmp_path):
+    saved = build_control_regressor((8, 16))
+    for parameter in saved.parameters():
+        torch.nn.init.normal_(parameter, std=0.5, generator=generator(parameter.numel()))
+    saved.to(torch.float16).save_pretrained(tmp_path / "control_fp16")
+    start = {name: p.half().float() for name, p in saved.state_dict().items()}
+    config = run_config(photos, tmp_path / "run", steps=3)
+    config.control_from = str(tmp_path / "control_fp16")
+    regressor = build_objective("control", build_pipeline(), config).trainable
+    assert all(p.dtype == torch.float32 for p in regressor.parameters())
+    assert all(torch.equal(regressor.state_dict()[name], value) for name, value in start.items())
+
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps({
+        "output_dir": config.output_dir, "photos": config.photos, "resolution": 32, "num_samples": 64,
+        "validation_images": 2, "validation_fraction": 0.4, "control_channels": [8, 16],
+        "stages": {"control": {"steps": 3, "batch_size": 2, "learning_rate": 1e-3, "validation_steps": 3}},
+    }))
+    assert main(["--config", str(config_path), "--stage", "control", "--control-from", config.control_from]) == 0
+    trained = load_file(Path(config.output_dir) / "control" / "diffusion_pytorch_model.safetensors")
+    moved = max((trained[name] - value).abs().max().item() for name, value in start.items())
+    assert 0 < moved < 0.01  # three Adam steps of 1e-3 from the saved weights, not a fresh start
+
+    config.control_from = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="control_from"):
+        build_objective("control", build_pipeline(), dataclasses.replace(config, output_dir=str(tmp_path / "other")))
 
 
 def test_vae_from_starts_a_run_with_a_trained_vae_and_fresh_fgfm(photos, tmp_path):
