@@ -33,7 +33,7 @@ RUN=${RUN:-runs/$(date +%F)_shipped_model_$STAGE}
 FROM=${PIPELINE_FROM:-reflection_separation/default_model}
 BASE=${BASE_CONFIG:-examples/configs/small_model.json}  # the config whose model, data and stage settings the run takes
 RESULTS=$RUN/results
-mkdir -p "$RESULTS"
+mkdir -p "$RESULTS" "$OUT"
 export OMP_NUM_THREADS=8
 
 EXPORT=$RUN/${STAGE}_fp16
