@@ -188,9 +188,12 @@ def deepen_unet(unet: UNet2DConditionModel, transformer_layers: int) -> UNet2DCo
     }
     new_weights = {f"{prefix}.{name}" for prefix, block in new_layers.items() for name in block.state_dict()}
     if unexpected or set(missing) != new_weights:
-        raise ValueError(f"`deepen_unet` could not map the UNet's weights: {sorted(set(unexpected) ^ set(missing) ^ new_weights)}")
+        unmapped = sorted(set(unexpected) ^ set(missing) ^ new_weights)
+        raise ValueError(f"`deepen_unet` could not map the UNet's weights: {unmapped}")
     for block in new_layers.values():
-        outputs = [block.attn1.to_out[0], block.ff.net[2]] + ([block.attn2.to_out[0]] if block.attn2 is not None else [])
+        outputs = [block.attn1.to_out[0], block.ff.net[2]]
+        if block.attn2 is not None:
+            outputs.append(block.attn2.to_out[0])
         for layer in outputs:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)

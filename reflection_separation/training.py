@@ -116,10 +116,10 @@ class TrainingConfig:
     (``deepen_unet``: the new layers start as the identity, so a trained UNet grows without losing what it learned).
     ``control_channels`` sizes the control regressor's U-Net; ``control_from`` starts it from a saved regressor
     (e.g. an earlier run's fp16 export, trained on in float32 with a new optimizer) instead of from scratch, so that
-    the control's training can go on in a later session as the shipped model's does. ``synthesis`` configures the mixing recipes
-    (``ReflectionSynthesizer.from_dict``; empty: the additive recipe alone). ``batched_synthesis`` makes each batch
-    on the training device from photos decoded once (``BatchedSynthesis``) instead of in DataLoader workers
-    (``None``: on CUDA); both give the same samples. ``onestep_composition_weight`` weighs ``L_comp`` of the
+    the control's training can go on in a later session as the shipped model's does. ``synthesis`` configures the
+    mixing recipes (``ReflectionSynthesizer.from_dict``; empty: the additive recipe alone). ``batched_synthesis``
+    makes each batch on the training device from photos decoded once (``BatchedSynthesis``) instead of in DataLoader
+    workers (``None``: on CUDA); both give the same samples. ``onestep_composition_weight`` weighs ``L_comp`` of the
     one-step estimates in the ``onestep`` stage's loss (0: the pixel loss alone).
     """
 

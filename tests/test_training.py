@@ -1,8 +1,8 @@
 """Training stack: each stage overfits a fixed batch, resume equals an uninterrupted run, output loads."""
 
+import dataclasses
 import json
 import os
-import dataclasses
 from pathlib import Path
 
 import numpy as np
