@@ -18,7 +18,9 @@ each recipe alone, N mixtures scored for the input, the control and the full met
 
 The mixtures are made from the photos of the validation split (by file-name hash, the same split the training
 stack uses), which no training item ever contains; those whose reflection the synthesizer's overflow
-compensation removed from a whole channel are skipped (indices listed in the JSON). Metrics are the evaluation harness's:
+compensation removed from a whole channel are skipped (indices listed in the JSON). `--split train` makes new
+mixtures of the training photos instead: how far they score above the held-out ones says whether a model overfits
+its photos or underfits the task. Metrics are the evaluation harness's:
 PSNR / SSIM of T and R, and the gradient-correlation leakage of true R in predicted T (and true T in R).
 
     python benchmarks/ablation.py --pipeline runs/small_model/pipeline --baseline runs/small_model_baseline/pipeline \
@@ -116,7 +118,7 @@ def run_control_row(regressor: UNet2DModel, items: list[BenchmarkItem], device: 
 def held_out_items(
     args: argparse.Namespace, synthesizer: ReflectionSynthesizer, num_images: int
 ) -> tuple[list[BenchmarkItem], list[int]]:
-    """The first ``num_images`` validation mixtures that hold a visible reflection, and the indices skipped.
+    """The first ``num_images`` mixtures of ``args.split`` that hold a visible reflection, and the indices skipped.
 
     The synthesizer's overflow compensation can darken the reflection of a bright photo to nothing in one
     channel or all; such a mixture equals its T there, so the band-wise PSNR of "mixture as T" is infinite and
@@ -127,7 +129,7 @@ def held_out_items(
         resolution=args.resolution,
         num_samples=MAX_DRAWS_PER_IMAGE * num_images,
         seed=args.seed,
-        split="validation",
+        split=args.split,
         validation_fraction=args.validation_fraction,
         synthesizer=synthesizer,
         flip_probability=0.0,
@@ -142,8 +144,8 @@ def held_out_items(
             continue
         items.append(BenchmarkItem(str(index), *(to_hwc(sample[k]) for k in ("mixture", "transmission", "reflection"))))
     if len(items) < num_images:
-        raise ValueError(f"Only {len(items)} of {len(dataset)} validation mixtures hold a visible reflection; "
-                         "lower --num-images or add validation photos.")
+        raise ValueError(f"Only {len(items)} of {len(dataset)} {args.split} mixtures hold a visible reflection; "
+                         f"lower --num-images or add {args.split} photos.")
     return items, skipped
 
 
@@ -174,6 +176,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--onestep-pipeline", help="pipeline folder from the `onestep` training stage")
     parser.add_argument("--photos", required=True, help="the photo folder the models were trained from")
     parser.add_argument("--validation-fraction", type=float, default=0.1, help="as in the training config")
+    parser.add_argument("--split", choices=("validation", "train"), default="validation",
+                        help="photos the mixtures are made of: the held-out ones (the ablation) or the training ones "
+                        "(new mixtures of photos the model was trained on: the gap to the held-out scores says "
+                        "whether the model overfits its photos or underfits the task)")
     parser.add_argument("--num-images", type=int, default=32)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
@@ -243,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per_recipe[recipe] = recipe_rows
 
     report = {
-        "description": "Ablation on held-out synthetic mixtures (validation-split photos only).",
+        "description": "Ablation on held-out synthetic mixtures (validation-split photos only)." if args.split ==
+        "validation" else "The ablation's rows on new mixtures of training-split photos (not held out).",
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "synthesis": synthesizer.to_dict(),
         "per_recipe": per_recipe,

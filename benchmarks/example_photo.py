@@ -5,7 +5,8 @@ reflection are committed beside it, so the quick start's output can be measured,
 separated with the model's defaults (as `reflection-separation separate --seed 0` does), the layers are rounded to
 8 bits (what the CLI saves) and scored with the evaluation harness's metrics (`image_metrics`); the input scored as
 its own transmission is the reference. With `--save-dir` the layers are written as the CLI names them, for
-`examples/make_sheet.py`.
+`examples/make_sheet.py`. With `--control` the ablation's control regressor (training stage `control`) separates
+the same photo and is scored beside the model (its layers saved as `<photo>_control_<layer>.png`).
 
     python benchmarks/example_photo.py --output benchmarks/results/example_photo.json --save-dir out/
 """
@@ -21,11 +22,13 @@ from typing import Any
 import diffusers
 import numpy as np
 import torch
+from diffusers import UNet2DModel
 from PIL import Image
 
 import reflection_separation
 from reflection_separation import ReflectionSeparationPipeline
 from reflection_separation.evaluation import BenchmarkItem, image_metrics
+from reflection_separation.training import run_control_regressor
 
 IMAGES = Path(__file__).resolve().parent.parent / "examples" / "images"
 
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--truth", type=Path, nargs=2, metavar=("T", "R"),
                         default=[IMAGES / "coffee_transmission_true.jpg", IMAGES / "coffee_reflection_true.jpg"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--control", help="also score this control regressor folder (training stage `control`)")
     parser.add_argument("--save-dir", type=Path, default=None, help="also write the layers here (PNG)")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -51,6 +55,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with Image.open(args.photo) as photo:
         out = pipe(photo.convert("RGB"), generator=torch.Generator().manual_seed(args.seed))
     layers = {"transmission": out.transmission[0], "reflection": out.reflection[0]}
+    if args.control:
+        regressor = UNet2DModel.from_pretrained(args.control).float().eval()
+        with torch.no_grad():
+            control_layers = run_control_regressor(regressor, torch.from_numpy(read_float(args.photo)).permute(2, 0, 1)[None])
+        for name, layer in zip(("control_transmission", "control_reflection"), control_layers):
+            layers[name] = Image.fromarray((layer[0].permute(1, 2, 0) * 255).round().byte().numpy())
     item = BenchmarkItem(args.photo.stem, read_float(args.photo), read_float(args.truth[0]), read_float(args.truth[1]))
     predicted = {name: np.asarray(layer, dtype=np.float32) / 255.0 for name, layer in layers.items()}
     report = {
@@ -65,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "size": list(layers["transmission"].size),
         "input": image_metrics(item, item.mixture, None),
         "separated": image_metrics(item, predicted["transmission"], predicted["reflection"]),
+        **({"control": {"model": str(args.control), **image_metrics(
+            item, predicted["control_transmission"], predicted["control_reflection"])}} if args.control else {}),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()},
     }
     if args.save_dir is not None:

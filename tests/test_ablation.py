@@ -1,11 +1,15 @@
 """The ablation script runs every row on held-out mixtures and writes its JSON and table."""
 
+import argparse
 import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from reflection_separation.components import build_pipeline
+from reflection_separation.data import is_validation_file
+from reflection_separation.synthesis import ReflectionSynthesizer
 from reflection_separation.training import build_control_regressor
 
 from .conftest import load_script, write_photos
@@ -106,3 +110,19 @@ def test_ablation_selected_rows_dtype_and_an_earlier_control_row(tmp_path):
     with pytest.raises(SystemExit):  # one control row or the other, not both
         ablation.main([*common, "--control", str(tmp_path / "control"), "--control-row-from",
                        str(tmp_path / "first.json"), "--output", str(tmp_path / "fifth.json")])
+
+
+@pytest.mark.parametrize("split", ["validation", "train"])
+def test_ablation_split_takes_its_mixtures_from_that_split_only(tmp_path, split):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    colours = {}
+    for i in range(30):  # one flat colour per photo, so a mixture's transmission names its photo
+        colour = (8 * i, 255 - 8 * i, 100)
+        Image.fromarray(np.full((48, 48, 3), colour, dtype=np.uint8)).save(photos / f"photo_{i:02d}.png")
+        colours[colour] = f"photo_{i:02d}.png"
+    args = argparse.Namespace(photos=str(photos), resolution=32, seed=0, split=split, validation_fraction=0.4)
+    items, _ = load_script("benchmarks/ablation.py").held_out_items(args, ReflectionSynthesizer(), 6)
+    names = {colours[tuple(int(v) for v in (item.transmission[0, 0] * 255).round())] for item in items}
+    assert len(names) > 1
+    assert all(is_validation_file(name, 0.4) == (split == "validation") for name in names)
