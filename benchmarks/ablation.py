@@ -20,7 +20,8 @@ The mixtures are made from the photos of the validation split (by file-name hash
 stack uses), which no training item ever contains; those whose reflection the synthesizer's overflow
 compensation removed from a whole channel are skipped (indices listed in the JSON). `--split train` makes new
 mixtures of the training photos instead: how far they score above the held-out ones says whether a model overfits
-its photos or underfits the task. Metrics are the evaluation harness's:
+its photos or underfits the task. `--clean N` scores each row on N crops without any reflection (the `none` recipe,
+no degradation), where the right answer is the photo itself and a black reflection. Metrics are the evaluation harness's:
 PSNR / SSIM of T and R, and the gradient-correlation leakage of true R in predicted T (and true T in R).
 
     python benchmarks/ablation.py --pipeline runs/small_model/pipeline --baseline runs/small_model_baseline/pipeline \
@@ -44,11 +45,20 @@ from diffusers import UNet2DModel
 from reflection_separation import ReflectionSeparationPipeline
 from reflection_separation.cli import DTYPES
 from reflection_separation.data import ReflectionSynthesizer, SyntheticReflectionDataset
-from reflection_separation.evaluation import BenchmarkItem, format_markdown_table, image_metrics, summarize
+from reflection_separation.evaluation import (
+    BenchmarkItem,
+    format_markdown_table,
+    image_metrics,
+    psnr,
+    ssim,
+    summarize,
+)
 from reflection_separation.training import run_control_regressor
 
 MIN_REFLECTION = 1 / 255  # a channel's mean of the reflection in the mixture below which it is invisible
 MAX_DRAWS_PER_IMAGE = 4  # validation mixtures drawn per requested image, to replace those without reflection
+CHANGED_PSNR = 30.0  # a clean photo given back below this PSNR counts as visibly changed
+PSNR_CAP = 60.0  # a clean photo given back unchanged has an infinite PSNR; the mean counts it at this
 
 
 def _settings(disjoint_strength: float, composition_guidance: str, fgfm_strength: float) -> dict[str, Any]:
@@ -90,11 +100,27 @@ def score(items: list[BenchmarkItem], transmissions, reflections) -> dict[str, A
     return summarize(records)
 
 
-def run_pipeline_row(pipe, items, settings, steps, batch_size, seed) -> tuple[dict[str, Any], float]:
-    mixtures = [item.mixture for item in items]
+def clean_score(items: list[BenchmarkItem], transmissions, reflections) -> dict[str, Any]:
+    """How much a separation changes photos without reflection: T against the photo (PSNR capped at `PSNR_CAP`),
+    and the reflection it invents."""
+    t_psnr = [min(psnr(t, item.transmission), PSNR_CAP) for item, t in zip(items, transmissions)]
+    return {
+        "count": len(items),
+        "t_psnr": float(np.mean(t_psnr)),
+        "t_ssim": float(np.mean([ssim(t, item.transmission) for item, t in zip(items, transmissions)])),
+        "r_mean": float(np.mean([r.mean() for r in reflections])),
+        "changed": float(np.mean([value < CHANGED_PSNR for value in t_psnr])),
+    }
+
+
+Separation = tuple[list[np.ndarray], list[np.ndarray], float]
+
+
+def separate_with_pipeline(pipe, items, settings, steps, batch_size, seed) -> Separation:
+    """Transmissions and reflections of ``items`` (HWC arrays) and the seconds it took."""
     start = time.perf_counter()
     out = pipe(
-        mixtures,
+        [item.mixture for item in items],
         num_inference_steps=steps,
         processing_resolution=0,
         batch_size=batch_size,
@@ -102,17 +128,50 @@ def run_pipeline_row(pipe, items, settings, steps, batch_size, seed) -> tuple[di
         output_type="np",
         **settings,
     )
-    seconds = time.perf_counter() - start
-    return score(items, list(out.transmission), list(out.reflection)), seconds
+    return list(out.transmission), list(out.reflection), time.perf_counter() - start
 
 
-def run_control_row(regressor: UNet2DModel, items: list[BenchmarkItem], device: str) -> tuple[dict[str, Any], float]:
+def separate_with_control(regressor: UNet2DModel, items: list[BenchmarkItem], device: str) -> Separation:
     start = time.perf_counter()
     with torch.no_grad():
         mixtures = torch.stack([torch.from_numpy(item.mixture).permute(2, 0, 1) for item in items])
         transmission, reflection = run_control_regressor(regressor, mixtures.to(device))
-    seconds = time.perf_counter() - start
-    return score(items, [to_hwc(t) for t in transmission], [to_hwc(r) for r in reflection]), seconds
+    return [to_hwc(t) for t in transmission], [to_hwc(r) for r in reflection], time.perf_counter() - start
+
+
+def run_pipeline_row(pipe, items, settings, steps, batch_size, seed) -> tuple[dict[str, Any], float]:
+    transmissions, reflections, seconds = separate_with_pipeline(pipe, items, settings, steps, batch_size, seed)
+    return score(items, transmissions, reflections), seconds
+
+
+def run_control_row(regressor: UNet2DModel, items: list[BenchmarkItem], device: str) -> tuple[dict[str, Any], float]:
+    transmissions, reflections, seconds = separate_with_control(regressor, items, device)
+    return score(items, transmissions, reflections), seconds
+
+
+def mixtures_of_split(
+    args: argparse.Namespace, synthesizer: ReflectionSynthesizer, num_samples: int
+) -> SyntheticReflectionDataset:
+    return SyntheticReflectionDataset(
+        args.photos,
+        resolution=args.resolution,
+        num_samples=num_samples,
+        seed=args.seed,
+        split=args.split,
+        validation_fraction=args.validation_fraction,
+        synthesizer=synthesizer,
+        flip_probability=0.0,
+    )
+
+
+def as_item(index: int, sample: dict[str, torch.Tensor]) -> BenchmarkItem:
+    return BenchmarkItem(str(index), *(to_hwc(sample[k]) for k in ("mixture", "transmission", "reflection")))
+
+
+def clean_photo_items(args: argparse.Namespace, num_images: int) -> list[BenchmarkItem]:
+    """``num_images`` crops of the split's photos with no reflection and no degradation: the mixture is the photo."""
+    dataset = mixtures_of_split(args, ReflectionSynthesizer(recipes={"none": 1.0}), num_images)
+    return [as_item(index, dataset[index]) for index in range(len(dataset))]
 
 
 def held_out_items(
@@ -124,16 +183,7 @@ def held_out_items(
     channel or all; such a mixture equals its T there, so the band-wise PSNR of "mixture as T" is infinite and
     the item tests no separation in that channel: it is left out.
     """
-    dataset = SyntheticReflectionDataset(
-        args.photos,
-        resolution=args.resolution,
-        num_samples=MAX_DRAWS_PER_IMAGE * num_images,
-        seed=args.seed,
-        split=args.split,
-        validation_fraction=args.validation_fraction,
-        synthesizer=synthesizer,
-        flip_probability=0.0,
-    )
+    dataset = mixtures_of_split(args, synthesizer, MAX_DRAWS_PER_IMAGE * num_images)
     items, skipped = [], []
     for index in range(len(dataset)):
         if len(items) == num_images:
@@ -142,7 +192,7 @@ def held_out_items(
         if sample["reflection"].mean(dim=(1, 2)).min() < MIN_REFLECTION:
             skipped.append(index)
             continue
-        items.append(BenchmarkItem(str(index), *(to_hwc(sample[k]) for k in ("mixture", "transmission", "reflection"))))
+        items.append(as_item(index, sample))
     if len(items) < num_images:
         raise ValueError(f"Only {len(items)} of {len(dataset)} {args.split} mixtures hold a visible reflection; "
                          f"lower --num-images or add {args.split} photos.")
@@ -192,6 +242,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--synthesis-config", type=Path, help="training config whose `synthesis` recipes make the "
                         "mixtures (default: the additive recipe alone)")
     parser.add_argument("--per-recipe", type=int, default=0, metavar="N", help="also score N mixtures of each recipe")
+    parser.add_argument("--clean", type=int, default=0, metavar="N", help="also score each row on N crops of the "
+                        "split's photos without any reflection: T against the photo, the mean R invented, the share "
+                        f"of photos given back below {CHANGED_PSNR:g} dB")
     parser.add_argument("--rows", nargs="+", metavar="NAME", help="run only these method rows (names as in the table; "
                         "the input row always, the control row when --control is given)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
@@ -212,10 +265,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     if args.control_row_from:
         rows.append(earlier_control_row(args.control_row_from, args, synthesizer))
+    clean_items = clean_photo_items(args, args.clean) if args.clean else []
+    clean_rows: list[dict[str, Any]] = []
     regressor = UNet2DModel.from_pretrained(args.control).to(args.device).eval() if args.control else None
     if regressor is not None:
         metrics, seconds = run_control_row(regressor, items, args.device)
         rows.append({"name": "control regressor", "metrics": metrics, "seconds": seconds})
+        if clean_items:
+            clean_rows.append({"name": "control regressor", "metrics": clean_score(
+                clean_items, *separate_with_control(regressor, clean_items, args.device)[:2])})
 
     pipelines = {"main": args.pipeline, "baseline": args.baseline, "onestep": args.onestep_pipeline}
     loaded: dict[str, ReflectionSeparationPipeline] = {}
@@ -231,9 +289,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metrics, seconds = run_pipeline_row(pipe, items, settings, steps, args.batch_size, args.seed)
         rows.append({"name": name, "settings": {**settings, "num_inference_steps": steps}, "metrics": metrics,
                      "seconds": seconds})
+        if clean_items:
+            separated = separate_with_pipeline(pipe, clean_items, settings, steps, args.batch_size, args.seed)
+            clean_rows.append({"name": name, "metrics": clean_score(clean_items, *separated[:2])})
 
     per_recipe: dict[str, list[dict[str, Any]]] = {}
-    for recipe in synthesizer.recipes if args.per_recipe else []:
+    for recipe in [recipe for recipe in synthesizer.recipes if recipe != "none"] if args.per_recipe else []:
         recipe_items, _ = held_out_items(args, synthesizer.only(recipe), args.per_recipe)
         recipe_rows = [{"name": "mixture as T",
                         "metrics": summarize([image_metrics(item, item.mixture, None) for item in recipe_items])}]
@@ -254,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "synthesis": synthesizer.to_dict(),
         "per_recipe": per_recipe,
+        "clean_photos": clean_rows,
         "skipped_without_reflection": skipped,
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()},
@@ -266,6 +328,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for recipe, recipe_rows in per_recipe.items():
         table += f"\n{recipe} ({args.per_recipe} mixtures)\n\n" + format_markdown_table(
             [(row["name"], row["metrics"]) for row in recipe_rows], label="Row")
+    if clean_rows:
+        table += (f"\nClean photos ({args.clean} crops without reflection; changed: T below {CHANGED_PSNR:g} dB against "
+                  "the photo)\n\n| Row | T PSNR↑ | T SSIM↑ | mean R↓ | changed↓ |\n|---|---|---|---|---|\n")
+        table += "".join(f"| {row['name']} | {row['metrics']['t_psnr']:.2f} | {row['metrics']['t_ssim']:.3f} | "
+                         f"{row['metrics']['r_mean']:.3f} | {row['metrics']['changed']:.0%} |\n" for row in clean_rows)
     output.with_suffix(".md").write_text(table)
     print(table)
     return report

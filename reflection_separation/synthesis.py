@@ -17,6 +17,8 @@ Recipes (the ground truth each one returns; `R` is always the reflection as it a
 | `glass_tint` | glass that dims and tints the scene; the true `T` is the undimmed scene, as in real benchmarks where `T` is shot without the glass | `I = min(g * T + R, 1)`, `g` a per-channel gain in [0.57, 1] (deviation: `I != T + R`) |
 | `defocus_disk` | out-of-focus reflection with a disk (bokeh) kernel instead of a Gaussian | `I = min(T + R, 1)` |
 | `strong` | strong reflections that dominate part of the frame (a bright window, a lamp) | `I = min(T + R, 1)` |
+| `faint` | the additive recipe with a faint reflection (glass lit from the scene's side, an anti-reflective coating) | `I = min(T + R, 1)` |
+| `none` | no reflection at all (a photo without glass, or a part of one): the model should give the photo back | `I = T`, `R = 0` |
 
 Degradations, applied to `I` only, with their own probabilities on top of any recipe: sensor noise (Gaussian with
 a signal-dependent variance `s_read^2 + k_shot * I`) and JPEG compression (8x8 DCT with the standard quantization
@@ -35,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-RECIPES = ("additive", "screen", "vignette", "sharp", "ghost", "glass_tint", "defocus_disk", "strong")
+RECIPES = ("additive", "screen", "vignette", "sharp", "ghost", "glass_tint", "defocus_disk", "strong", "faint", "none")
 
 # Recipe-specific ranges (documented in the module docstring's table).
 SHARP_ATTENUATION = (0.15, 0.5)
@@ -47,6 +49,7 @@ GLASS_TINT = 0.05  # per-channel deviation of the gain
 STRONG_ATTENUATION = (0.7, 1.0)
 STRONG_OVERFLOW = (0.3, 0.8)
 STRONG_SOFTNESS = (0.05, 0.3)
+FAINT_ATTENUATION = (0.03, 0.15)
 
 _EXTRA_DRAWS = 12  # uniforms drawn after the 7 of the additive recipe (recipe choice, its parameters, degradations)
 
@@ -253,6 +256,10 @@ class ReflectionSynthesizer:
                 overflow_factor=_uniform(STRONG_OVERFLOW, extra[2]),
                 region=(2 * math.pi * extra[3], extra[4] - 0.5, _uniform(STRONG_SOFTNESS, extra[5])),
             )
+        elif recipe == "faint":
+            updates["attenuation"] = _uniform(FAINT_ATTENUATION, extra[1])
+        elif recipe == "none":
+            updates["attenuation"] = 0.0
         if extra[6] < self.noise_probability:
             updates["noise"] = (_uniform(self.noise_read_range, extra[7]), _uniform(self.noise_shot_range, extra[8]))
             updates["noise_seed"] = int(extra[9] * 2**53)

@@ -5,10 +5,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from reflection_separation import ReflectionSeparationPipeline
 from reflection_separation.components import build_pipeline
 from reflection_separation.data import is_validation_file
+from reflection_separation.evaluation import psnr
 from reflection_separation.synthesis import ReflectionSynthesizer
 from reflection_separation.training import build_control_regressor
 
@@ -126,3 +129,29 @@ def test_ablation_split_takes_its_mixtures_from_that_split_only(tmp_path, split)
     names = {colours[tuple(int(v) for v in (item.transmission[0, 0] * 255).round())] for item in items}
     assert len(names) > 1
     assert all(is_validation_file(name, 0.4) == (split == "validation") for name in names)
+
+
+def test_ablation_clean_photos_score_the_photo_given_back(tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    build_pipeline().save_pretrained(tmp_path / "main")
+    build_control_regressor((8, 16)).save_pretrained(tmp_path / "control")
+    ablation = load_script("benchmarks/ablation.py")
+    report = ablation.main([
+        "--pipeline", str(tmp_path / "main"), "--onestep-pipeline", str(tmp_path / "main"), "--control",
+        str(tmp_path / "control"), "--photos", str(photos), "--validation-fraction", "0.4", "--num-images", "2",
+        "--resolution", "32", "--batch-size", "2", "--device", "cpu", "--rows", "one-step, fine-tuned",
+        "--clean", "3", "--output", str(tmp_path / "ablation.json"),
+    ])
+    assert [row["name"] for row in report["clean_photos"]] == ["control regressor", "one-step, fine-tuned"]
+    args = argparse.Namespace(photos=str(photos), resolution=32, seed=1234, split="validation", validation_fraction=0.4)
+    items = ablation.clean_photo_items(args, 3)
+    assert all(np.array_equal(item.mixture, item.transmission) and not item.reflection.any() for item in items)
+    pipe = ReflectionSeparationPipeline.from_pretrained(tmp_path / "main")
+    out = pipe([item.mixture for item in items], **ablation.ONE_STEP, processing_resolution=0, output_type="np",
+               generator=[torch.Generator().manual_seed(1234 + i) for i in range(3)], batch_size=2)
+    metrics = report["clean_photos"][1]["metrics"]
+    assert metrics["count"] == 3
+    assert metrics["t_psnr"] == pytest.approx(np.mean([psnr(t, i.transmission) for t, i in zip(out.transmission, items)]))
+    assert metrics["r_mean"] == pytest.approx(np.mean([r.mean() for r in out.reflection]), rel=1e-5)
+    assert 0 <= metrics["changed"] <= 1
+    assert "Clean photos (3 crops" in (tmp_path / "ablation.md").read_text()

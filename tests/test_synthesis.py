@@ -141,12 +141,26 @@ def test_recipe_specific_effects():
     _, _, layer = ReflectionSynthesizer(recipes={"strong": 1.0}).apply(transmission, torch.ones(3, 41, 41),
                                                                          replace(strong, sigma=0.0))
     assert layer.max() / layer.min().clamp(min=1e-6) > 1.5  # one side of the frame dominates
+    _, faint = parameters_for("faint", seed=2)
+    assert 0.03 <= faint.attenuation <= 0.15
+
+
+def test_no_reflection_recipe_gives_the_photo_back_with_its_degradations_only():
+    synthesizer, parameters = parameters_for("none", seed=6)
+    transmission, reflection = photo_tensor(6), photo_tensor(7)
+    mixture, true_t, layer = synthesizer.apply(transmission, reflection, parameters)
+    assert parameters.recipe == "none" and parameters.attenuation == 0
+    assert torch.equal(mixture, transmission) and torch.equal(true_t, transmission)
+    assert torch.count_nonzero(layer) == 0
+    noisy = ReflectionSynthesizer(recipes={"none": 1.0}, noise_probability=1.0)
+    mixture, _, layer = noisy(transmission, reflection, torch.Generator().manual_seed(6))
+    assert torch.count_nonzero(layer) == 0 and 1e-3 < (mixture - transmission).abs().mean() < 0.05
 
 
 def test_recipe_statistics_stay_in_range():
     """Mean reflection strength and saturated fraction over a few dozen mixtures of each recipe."""
     photos = [photo_tensor(seed) for seed in range(8)]
-    for recipe in RECIPES:
+    for recipe in (r for r in RECIPES if r != "none"):
         synthesizer = ReflectionSynthesizer(recipes={recipe: 1.0})
         strengths, saturated = [], []
         for seed in range(24):
