@@ -81,8 +81,9 @@ LIMITATIONS = """## Limitations
   not measurements. Do not use them for forensics or as evidence.
 - Trained on synthetic mixtures (eight recipes: additive with overflow compensation, screen, vignette, sharp,
   ghost, glass tint, disk defocus, strong reflections; sensor noise and JPEG); real reflections can differ.
+"""
 
-## Training data
+TRAINING_DATA = """## Training data
 
 Synthetic mixtures made on the training GPU from the training pack (`examples/gather_photos.py --pack`): 265 real
 photographs from scikit-image, Debian packages (GCompris, kphotoalbum, Tux Paint, Tux Typing, OpenCV, LXQt,
@@ -248,6 +249,22 @@ def benchmark_section(path: Path) -> str:
     return f"## Speed ({_shown(path)})\n\nMeasured by `benchmarks/benchmark_gpu.py`: {summary}"
 
 
+def clean_photos_limitation(path: Path) -> str:
+    """A limitation line from `benchmarks/ablation.py --clean`: what the shipped defaults do to photos without any
+    reflection (empty when that has not been measured)."""
+    if not path.exists():
+        return ""
+    report = json.loads(path.read_text())
+    rows = {row["name"]: row["metrics"] for row in report["clean_photos"]}
+    shipped = rows.get("one-step, fine-tuned, +autoencoder detail")
+    if shipped is None:
+        return ""
+    return (f"- It invents a reflection in photos that hold none: on {shipped['count']} held-out crops without any "
+            f"reflection its transmission is {shipped['t_psnr']:.2f} dB PSNR / {shipped['t_ssim']:.3f} SSIM from the "
+            f"photo (mean reflection {shipped['r_mean']:.3f}; {shipped['changed']:.0%} of them below 30 dB; "
+            f"`{_shown(path)}`). It was trained only on mixtures that hold a reflection.\n")
+
+
 def build_card(results: Path, base_model: str | None) -> str:
     base = f"base_model: {base_model}\n" if base_model else ""
     sections = [FRONT_MATTER.format(base_model=base), INTRO, shipped_section(Path(reflection_separation.DEFAULT_MODEL), results / "ablation_small_model.json")]
@@ -261,7 +278,7 @@ def build_card(results: Path, base_model: str | None) -> str:
     sections += [ablation_section(path) for path in ablations]
     sections += [benchmark_section(path) for path in benchmarks]
     sections += [cpu_section(path) for path in sorted(results.glob("cpu_timing*.json"))]
-    sections += [PAPER, LIMITATIONS]
+    sections += [PAPER, LIMITATIONS + clean_photos_limitation(results / "clean_photos_small_model.json"), TRAINING_DATA]
     return "\n".join(sections)
 
 
