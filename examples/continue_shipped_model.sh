@@ -20,6 +20,8 @@
 # SEED (default: the config's) sets the run's seed, which draws its mixtures: a second seed of a stage measures the
 # run-to-run spread. UNET_TRANSFORMER_LAYERS deepens the starting UNet to that many transformer layers per
 # attention block (`unet_transformer_layers`; the new layers start as the identity) before the stage trains it.
+# EXTRA_RECIPES (JSON, e.g. '{"faint": 0.1, "none": 0.1}') adds mixing recipes with those shares of the mixtures,
+# the config's recipes keeping their proportions in the rest.
 #
 # A run folder left by an earlier command on a still-warm machine is continued (same command, same RUN); a command
 # stopped by MINUTES (status 75) has checkpointed. The results (logs, the config, the fp16 pipeline) are packed into
@@ -42,15 +44,22 @@ case $STAGE in
     *) echo "STAGE must be unet, onestep, control, fgfm or composition, got '$STAGE'" >&2; exit 2 ;;
 esac
 
-python3 - "$BASE" "$RUN" "$STAGE" "$STEPS" "${SEED:-}" "${UNET_TRANSFORMER_LAYERS:-}" <<'EOF'
+python3 - "$BASE" "$RUN" "$STAGE" "$STEPS" "${SEED:-}" "${UNET_TRANSFORMER_LAYERS:-}" "${EXTRA_RECIPES:-}" <<'EOF'
 import json, sys
-base, run, stage, steps, seed, layers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:]
+base, run, stage, steps, seed, layers, extra = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:]
 config = json.load(open(base))
 config["output_dir"] = run
 if seed:
     config["seed"] = int(seed)
 if layers:
     config["unet_transformer_layers"] = int(layers)
+if extra:
+    extra = json.loads(extra)
+    recipes = config.setdefault("synthesis", {}).get("recipes", {"additive": 1.0})
+    if not 0 <= sum(extra.values()) < 1 or set(extra) & set(recipes):
+        sys.exit(f"EXTRA_RECIPES must be new recipes with shares summing to less than 1, got {extra}")
+    rest = (1 - sum(extra.values())) / sum(recipes.values())
+    config["synthesis"]["recipes"] = {**{name: weight * rest for name, weight in recipes.items()}, **extra}
 settings = config["stages"][stage]
 settings["steps"] = steps
 settings["lr_warmup_steps"] = min(settings["lr_warmup_steps"], steps // 10)
