@@ -21,7 +21,8 @@
 # run-to-run spread. UNET_TRANSFORMER_LAYERS deepens the starting UNet to that many transformer layers per
 # attention block (`unet_transformer_layers`; the new layers start as the identity) before the stage trains it.
 # EXTRA_RECIPES (JSON, e.g. '{"faint": 0.1, "none": 0.1}') adds mixing recipes with those shares of the mixtures,
-# the config's recipes keeping their proportions in the rest.
+# the config's recipes keeping their proportions in the rest. PHOTOS replaces the config's training pack (e.g.
+# data/pack_2026-12-04; its split by file-name hash keeps the earlier pack's validation photos held out).
 #
 # A run folder left by an earlier command on a still-warm machine is continued (same command, same RUN); a command
 # stopped by MINUTES (status 75) has checkpointed. The results (logs, the config, the fp16 pipeline) are packed into
@@ -44,11 +45,14 @@ case $STAGE in
     *) echo "STAGE must be unet, onestep, control, fgfm or composition, got '$STAGE'" >&2; exit 2 ;;
 esac
 
-python3 - "$BASE" "$RUN" "$STAGE" "$STEPS" "${SEED:-}" "${UNET_TRANSFORMER_LAYERS:-}" "${EXTRA_RECIPES:-}" <<'EOF'
+python3 - "$BASE" "$RUN" "$STAGE" "$STEPS" "${SEED:-}" "${UNET_TRANSFORMER_LAYERS:-}" "${EXTRA_RECIPES:-}" \
+    "${PHOTOS:-}" <<'EOF'
 import json, sys
-base, run, stage, steps, seed, layers, extra = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:]
+base, run, stage, steps, seed, layers, extra, photos = sys.argv[1:4] + [int(sys.argv[4])] + sys.argv[5:]
 config = json.load(open(base))
 config["output_dir"] = run
+if photos:
+    config["photos"] = photos
 if seed:
     config["seed"] = int(seed)
 if layers:

@@ -14,12 +14,12 @@ Sources:
 * Real photographs from the Debian packages (and one PyPI wheel) that the photo survey of 2026-12-02 found
   (`PHOTO_SOURCES`: GCompris' monuments, animals, musicians and underwater scenes, kphotoalbum's demo photos,
   Tux Paint's and Tux Typing's landscapes, LXQt's photo wallpapers, OpenCV's sample photos, LibreOffice's
-  template photos, and a dozen single photos), extracted from the same `.deb` folder plus imgaug's wheel::
+  template photos, Scratch's 480x360 stage backgrounds, and a dozen single photos), extracted from the same `.deb` folder plus imgaug's wheel::
 
       apt-get download gcompris-qt-data kphotoalbum opencv-doc tuxpaint-data tuxtype-data lxqt-themes \\
           scribus-template libreoffice-common palapeli-data gimp-help-en hugin-data kodi-data \\
           python-kivy-examples python3-scipy digikam-data sddm-theme-maldives kstars-data gimp-data \\
-          python-matplotlib-data qtbase5-examples qtdeclarative5-examples
+          python-matplotlib-data qtbase5-examples qtdeclarative5-examples scratch
       pip download --no-deps imgaug==0.4.0     # into the same folder: its quokka.jpg
 
   Readers for the formats they come in: Qt `.rcc` resource files (GCompris; each photo's author, source and
@@ -130,6 +130,30 @@ PHOTO_SOURCES: dict[str, tuple[tuple[str, ...], str]] = {
     "digikam-data": (("usr/share/digikam/about/images/body-background.jpg",), "GPL-2+ (package)"),
     "sddm-theme-maldives": (("usr/share/sddm/themes/maldives/background.jpg",), "CC-BY-3.0 (Nevit Dilmen, Wikimedia)"),
     "kstars-data": (("usr/share/kstars/kstarslite/qml/images/splash_bg@4x.jpeg",), "GPL-2+ (package)"),
+    # Scratch 1.4's stage backgrounds, 480x360 (the survey's "near misses under 512 px"): the photographs among them,
+    # chosen by eye on a contact sheet of all 61 JPEGs (2026-12-04); party-room, room1-3, spotlight-stage,
+    # brick-wall1 and school2 are drawings, and the GIF and PNG backgrounds are drawings too.
+    "scratch": (
+        tuple(
+            f"usr/share/scratch/Media/Backgrounds/{folder}/{name}.jpg"
+            for folder, names in (
+                ("Indoors", ("chalkboard", "clothing-store", "hall", "kitchen", "the-movies-inside")),
+                ("Nature", ("beach-malibu", "canyon", "flower-bed", "forest", "garden-rock", "grand-canyon",
+                            "gravel-desert", "hill", "lake", "moon", "pathway", "tree", "water-and-rocks", "wave",
+                            "woods-and-bench")),
+                ("Outdoors", ("all-sports-mural", "atom-playground", "bench-with-view", "berkeley-mural", "boardwalk",
+                              "brick-wall-and-stairs", "brick-wall2", "building-at-mit", "building-fireproof",
+                              "castle", "city-with-water", "city-with-water2", "driveway", "graffiti",
+                              "hallway_outdoors", "hay_field", "houses", "mansion", "mural-faro", "parking-ramp",
+                              "pool", "route66", "silos", "the-movies", "train-tracks1", "train-tracks2", "village",
+                              "wooden-house")),
+                ("Sports", ("baseball-field", "basketball-court1-a", "basketball-court1-b", "football-field",
+                            "playing-field", "tennis-backboard")),
+            )
+            for name in names
+        ),
+        "CC-BY-SA-3.0 (MIT, Scratch media)",
+    ),
     "gimp-data": (("usr/share/gimp/2.0/images/gimp-splash.png",), "GPL-3+/CC-BY-SA/CC0 (desktop images)"),
     "python-matplotlib-data": (
         ("usr/share/matplotlib/mpl-data/sample_data/grace_hopper.jpg",), "public domain (US Navy)"
