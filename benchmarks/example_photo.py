@@ -55,13 +55,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with Image.open(args.photo) as photo:
         out = pipe(photo.convert("RGB"), generator=torch.Generator().manual_seed(args.seed))
     layers = {"transmission": out.transmission[0], "reflection": out.reflection[0]}
+    item = BenchmarkItem(args.photo.stem, read_float(args.photo), read_float(args.truth[0]), read_float(args.truth[1]))
     if args.control:
         regressor = UNet2DModel.from_pretrained(args.control).float().eval()
         with torch.no_grad():
-            control_layers = run_control_regressor(regressor, torch.from_numpy(read_float(args.photo)).permute(2, 0, 1)[None])
+            control_layers = run_control_regressor(regressor, torch.from_numpy(item.mixture).permute(2, 0, 1)[None])
         for name, layer in zip(("control_transmission", "control_reflection"), control_layers):
             layers[name] = Image.fromarray((layer[0].permute(1, 2, 0) * 255).round().byte().numpy())
-    item = BenchmarkItem(args.photo.stem, read_float(args.photo), read_float(args.truth[0]), read_float(args.truth[1]))
     predicted = {name: np.asarray(layer, dtype=np.float32) / 255.0 for name, layer in layers.items()}
     report = {
         "description": "The README's example photo separated with the model's defaults, scored against its true layers.",
