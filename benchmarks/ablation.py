@@ -110,6 +110,8 @@ def clean_score(items: list[BenchmarkItem], transmissions, reflections) -> dict[
         "t_ssim": float(np.mean([ssim(t, item.transmission) for item, t in zip(items, transmissions)])),
         "r_mean": float(np.mean([r.mean() for r in reflections])),
         "changed": float(np.mean([value < CHANGED_PSNR for value in t_psnr])),
+        "changed_below_psnr": CHANGED_PSNR,
+        "psnr_cap": PSNR_CAP,
     }
 
 

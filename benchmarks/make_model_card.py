@@ -261,7 +261,7 @@ def clean_photos_limitation(path: Path) -> str:
         return ""
     return (f"- It invents a reflection in photos that hold none: on {shipped['count']} held-out crops without any "
             f"reflection its transmission is {shipped['t_psnr']:.2f} dB PSNR / {shipped['t_ssim']:.3f} SSIM from the "
-            f"photo (mean reflection {shipped['r_mean']:.3f}; {shipped['changed']:.0%} of them below 30 dB; "
+            f"photo (mean reflection {shipped['r_mean']:.3f}; {shipped['changed']:.0%} of them below {shipped['changed_below_psnr']:g} dB; "
             f"`{_shown(path)}`). It was trained only on mixtures that hold a reflection.\n")
 
 

@@ -153,5 +153,7 @@ def test_ablation_clean_photos_score_the_photo_given_back(tmp_path):
     assert metrics["count"] == 3
     assert metrics["t_psnr"] == pytest.approx(np.mean([psnr(t, i.transmission) for t, i in zip(out.transmission, items)]))
     assert metrics["r_mean"] == pytest.approx(np.mean([r.mean() for r in out.reflection]), rel=1e-5)
-    assert 0 <= metrics["changed"] <= 1
+    assert metrics["changed_below_psnr"] == ablation.CHANGED_PSNR
+    assert metrics["changed"] == np.mean([psnr(t, i.transmission) < ablation.CHANGED_PSNR
+                                          for t, i in zip(out.transmission, items)])
     assert "Clean photos (3 crops" in (tmp_path / "ablation.md").read_text()
