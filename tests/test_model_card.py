@@ -67,3 +67,17 @@ def test_limitations_say_what_the_model_does_to_photos_without_reflection(tmp_pa
     assert "on 5 held-out crops without any reflection its transmission is 24.46 dB PSNR / 0.912 SSIM" in line
     assert "(mean reflection 0.071; 60% of them below 25 dB;" in line
     assert "clean_photos_small_model.json" in script.build_card(tmp_path, None)
+
+
+def test_limitations_say_what_the_model_does_to_faint_reflections(tmp_path):
+    script = load_script("benchmarks/make_model_card.py")
+    path = tmp_path / "faint_reflections_small_model.json"
+    assert script.faint_reflections_limitation(path) == ""
+    path.write_text(json.dumps({"rows": [
+        {"name": "mixture as T", "metrics": {"count": 7, "t_psnr": 29.123, "t_ssim": 0.8761}},
+        {"name": "one-step, fine-tuned, +autoencoder detail", "metrics": {"count": 7, "t_psnr": 22.567, "t_ssim": 0.8234}},
+    ]}))
+    line = script.faint_reflections_limitation(path)
+    assert "on 7 held-out mixtures of the `faint` recipe" in line
+    assert "its transmission is 22.57 dB PSNR / 0.823 SSIM from the true scene, the photo itself 29.12 dB / 0.876" in line
+    assert "faint_reflections_small_model.json" in script.build_card(tmp_path, None)
