@@ -20,6 +20,7 @@ from typing import Any
 
 import reflection_separation
 from reflection_separation.evaluation import format_markdown_table
+from reflection_separation.synthesis import FAINT_ATTENUATION
 
 ROOT = Path(__file__).resolve().parents[1]
 # The training budget of the control whose row the ablation JSON holds (from its log folder).
@@ -249,34 +250,40 @@ def benchmark_section(path: Path) -> str:
     return f"## Speed ({_shown(path)})\n\nMeasured by `benchmarks/benchmark_gpu.py`: {summary}"
 
 
+SHIPPED_ROW = "one-step, fine-tuned, +autoencoder detail"  # the ablation's row of the shipped defaults
+
+
+def _measured_rows(path: Path, section: str) -> dict[str, dict[str, Any]]:
+    """The metrics of an ablation JSON's ``section`` by row name (empty when the file does not exist)."""
+    if not path.exists():
+        return {}
+    return {row["name"]: row["metrics"] for row in json.loads(path.read_text())[section]}
+
+
 def clean_photos_limitation(path: Path) -> str:
     """A limitation line from `benchmarks/ablation.py --clean`: what the shipped defaults do to photos without any
     reflection (empty when that has not been measured)."""
-    if not path.exists():
-        return ""
-    report = json.loads(path.read_text())
-    rows = {row["name"]: row["metrics"] for row in report["clean_photos"]}
-    shipped = rows.get("one-step, fine-tuned, +autoencoder detail")
+    shipped = _measured_rows(path, "clean_photos").get(SHIPPED_ROW)
     if shipped is None:
         return ""
     return (f"- It invents a reflection in photos that hold none: on {shipped['count']} held-out crops without any "
             f"reflection its transmission is {shipped['t_psnr']:.2f} dB PSNR / {shipped['t_ssim']:.3f} SSIM from the "
-            f"photo (mean reflection {shipped['r_mean']:.3f}; {shipped['changed']:.0%} of them below {shipped['changed_below_psnr']:g} dB; "
-            f"`{_shown(path)}`). It was trained only on mixtures that hold a reflection.\n")
+            f"photo (mean reflection {shipped['r_mean']:.3f}; {shipped['changed']:.0%} of them below "
+            f"{shipped['changed_below_psnr']:g} dB; `{_shown(path)}`). It was trained only on mixtures that hold a "
+            "reflection.\n")
 
 
 def faint_reflections_limitation(path: Path) -> str:
     """A limitation line from `benchmarks/ablation.py` on mixtures of the `faint` recipe alone: the shipped defaults'
     transmission against the photo's own score (empty when that has not been measured)."""
-    if not path.exists():
-        return ""
-    rows = {row["name"]: row["metrics"] for row in json.loads(path.read_text())["rows"]}
-    shipped, photo = rows.get("one-step, fine-tuned, +autoencoder detail"), rows.get("mixture as T")
+    rows = _measured_rows(path, "rows")
+    shipped, photo = rows.get(SHIPPED_ROW), rows.get("mixture as T")
     if shipped is None or photo is None:
         return ""
+    low, high = FAINT_ATTENUATION
     return (f"- It takes far too much out of photos with a faint reflection: on {shipped['count']} held-out mixtures "
-            f"of the `faint` recipe (attenuation 0.03-0.15) its transmission is {shipped['t_psnr']:.2f} dB PSNR / "
-            f"{shipped['t_ssim']:.3f} SSIM from the true scene, the photo itself {photo['t_psnr']:.2f} dB / "
+            f"of the `faint` recipe (attenuation {low:g}-{high:g}) its transmission is {shipped['t_psnr']:.2f} dB "
+            f"PSNR / {shipped['t_ssim']:.3f} SSIM from the true scene, the photo itself {photo['t_psnr']:.2f} dB / "
             f"{photo['t_ssim']:.3f} (`{_shown(path)}`).\n")
 
 
